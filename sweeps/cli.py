@@ -1,0 +1,178 @@
+"""`camsweep` command line: thin wrappers over typed functions.
+
+Every user-facing failure (bad data, bad config) is a :class:`UserError`-like exception that is
+printed as one clear message with a non-zero exit status — no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN, DatasetError
+
+# Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
+# (ConfigError and the models' weight errors are ValueError / FileNotFoundError subclasses.)
+USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, ValueError, FileNotFoundError)
+
+# `camsweep train` flags that are shortcuts for a config key.
+TRAIN_FLAGS = {
+    "arch": "model.arch",
+    "variant": "model.variant",
+    "held_out": "held_out_centre",
+    "p": "masking.p",
+    "threshold": "masking.threshold",
+    "mask_mode": "masking.mode",
+    "cam_mode": "masking.cam_mode",
+    "epochs": "train.epochs",
+    "image_size": "data.image_size",
+    "seed": "seed",
+}
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from trainables.data.synthetic import generate, parse_size
+
+    records = generate(
+        Path(args.out),
+        per_centre=args.per_centre,
+        scale=args.scale,
+        size=parse_size(args.size),
+        seed=args.seed,
+    )
+    centres = sorted({r.centre for r in records})
+    counts = ", ".join(f"C{c}: {sum(r.centre == c for r in records)}" for c in centres)
+    print(f"wrote {len(records)} synthetic frames to {args.out} ({counts})")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from trainables.data.check import check_dataset
+
+    report = check_dataset(args.root, manifest=args.manifest, patient_pattern=args.patient_pattern)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["train.lr=1e-4", "model.arch=sdnet"]`` → dotted keys with YAML-typed values."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainables.config import load_trial_config
+    from trainables.trial import prepare_trial_inputs, run_segmentation
+
+    overrides = parse_overrides(args.set or [])
+    for flag, key in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    cfg = load_trial_config(args.config, overrides)
+    out = Path(args.out or f"runs/train/{cfg.model.arch}-C{cfg.held_out_centre}-{cfg.digest()}")
+    fold_cache = Path(args.fold_cache or out.parent / "folds")
+    print(f"trial config {cfg.digest()} → {out}")
+    data, split, fold, reused = prepare_trial_inputs(cfg, fold_cache)
+    print(
+        f"data: {len(data)} frames at {data.image_size}px (dataset {data.dataset_hash}); "
+        f"held-out C{split.held_out}: train {len(split.train)}, val {len(split.val)}, "
+        f"test_in {len(split.test_in)}, test_out {len(split.test_out)}"
+    )
+    if fold is not None:
+        acc = ", ".join(f"{k} {v:.3f}" for k, v in fold.metrics.items() if "accuracy" in k)
+        print(f"centre classifier ({'reused' if reused else 'trained'}, {fold.path}): {acc}")
+
+    def report(metrics: dict[str, float], _ckpt: Path | None) -> None:
+        print(
+            f"epoch {metrics['epoch']:>3}: loss {metrics['train/loss']:.4f}  "
+            f"val dice {metrics['val/dice']:.4f}  masked {metrics['train/masked_fraction']:.2f}"
+        )
+
+    result = run_segmentation(cfg, data, split, fold, out, report=report)
+    print(format_final_metrics(result.metrics))
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def format_final_metrics(metrics: dict[str, float]) -> str:
+    from trainables.metrics import METRIC_NAMES
+
+    lines = [f"best validation Dice {metrics['best/val_dice']:.4f} at epoch {metrics['best/epoch']}"]
+    lines.append(f"{'split':<9}" + "".join(f"{m:>10}" for m in METRIC_NAMES))
+    for split in ("val", "test_in", "test_out"):
+        if f"{split}/dice" in metrics:
+            row = "".join(f"{metrics[f'{split}/{m}']:>10.4f}" for m in METRIC_NAMES)
+            lines.append(f"{split:<9}{row}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camsweep",
+        description="Interpretability-guided augmentation sweeps for multi-centre segmentation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate a synthetic PolypGen-like dataset")
+    synth.add_argument("--out", required=True, help="output root (PolypGen layout)")
+    amount = synth.add_mutually_exclusive_group()
+    amount.add_argument("--per-centre", type=int, help="frames per centre")
+    amount.add_argument(
+        "--scale",
+        type=float,
+        help="fraction of PolypGen's centre sizes (default 1.0 = 1537 frames)",
+    )
+    synth.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_synth)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="summarise a dataset and list every problem")
+    check.add_argument("root", help="PolypGen root (data_C1 … data_C6)")
+    check.add_argument("--manifest", help="CSV manifest (image, mask, centre, patient)")
+    check.add_argument("--patient-pattern", default=DEFAULT_PATIENT_PATTERN)
+    check.set_defaults(func=_cmd_data_check)
+
+    train = sub.add_parser("train", help="run one trial without Ray")
+    train.add_argument("--config", help="trial config YAML (best_configs.yaml entries work too)")
+    train.add_argument("--out", help="trial folder (default runs/train/<arch>-C<k>-<digest>)")
+    train.add_argument("--fold-cache", help="classifier/CAM cache (default: next to --out)")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any config key"
+    )
+    train.add_argument("--arch", help="unet | deeplabv3plus | sdnet")
+    train.add_argument("--variant", help="paper | tiny")
+    train.add_argument("--held-out", type=int, help="held-out centre")
+    train.add_argument("--p", type=float, help="masking probability (0 = baseline)")
+    train.add_argument("--threshold", type=float, help="CAM threshold")
+    train.add_argument("--mask-mode", help="occlude | keep")
+    train.add_argument("--cam-mode", help="cached | online")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--seed", type=int)
+    train.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except USER_ERRORS as exc:
+        print(f"camsweep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

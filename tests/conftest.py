@@ -1,0 +1,46 @@
+"""Shared test setup: offline, quiet, small — and one synthetic dataset for the whole run."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports smp/timm/wandb: no hub retries, no W&B network, no stray files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SYNTH_SIZE = (64, 64)
+SYNTH_PER_CENTRE = 8
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A six-centre synthetic PolypGen tree at 64×64, shared read-only by the whole run."""
+    from trainables.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, per_centre=SYNTH_PER_CENTRE, size=SYNTH_SIZE, seed=0)
+    return root
+
+
+def write_frame(root: Path, centre: int, stem: str, size=(32, 32), mask_size=None, polyp=True):
+    """Writes one hand-made PolypGen frame (image + mask) for error-case tests."""
+    images = root / f"data_C{centre}" / f"images_C{centre}"
+    masks = root / f"data_C{centre}" / f"masks_C{centre}"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    rgb = np.full((h, w, 3), (200, 90, 80), np.uint8)
+    Image.fromarray(rgb).save(images / f"{stem}.jpg")
+    mw, mh = mask_size or size
+    mask = np.zeros((mh, mw), np.uint8)
+    if polyp:
+        mask[mh // 4 : mh // 2, mw // 4 : mw // 2] = 255
+    Image.fromarray(mask).save(masks / f"{stem}_mask.jpg")
+    return images / f"{stem}.jpg", masks / f"{stem}_mask.jpg"

@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM as ReferenceGradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+from torchvision.models import resnet18
+
+from trainables.cam import (
+    MASK_MODES,
+    GradCAM,
+    binarize,
+    compute_cams,
+    occlusion_factor,
+)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return resnet18(weights=None, num_classes=5).eval()
+
+
+def _images(n: int = 3, size: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _reference(model: nn.Module, x: torch.Tensor, target: list[int] | None) -> torch.Tensor:
+    targets = None if target is None else [ClassifierOutputTarget(t) for t in target]
+    with ReferenceGradCAM(model=model, target_layers=[model.layer4]) as ref:
+        maps = ref(input_tensor=x, targets=targets)
+    for parameter in model.parameters():
+        parameter.grad = None
+    return torch.from_numpy(maps).unsqueeze(1)
+
+
+@pytest.mark.parametrize("target", [None, [4, 0, 2]])
+def test_matches_grad_cam_package(classifier: nn.Module, target: list[int] | None) -> None:
+    x = _images()
+    expected = _reference(classifier, x, target)
+    given = None if target is None else torch.tensor(target)
+    with GradCAM(classifier, classifier.layer4) as cam:
+        maps = cam(x, given)
+    assert maps.shape == (3, 1, 64, 64)
+    assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, expected, atol=1e-4, rtol=0)
+    if target is None:
+        assert torch.equal(cam.last_target, cam.last_logits.argmax(1))
+        assert torch.equal(cam.last_logits, classifier(x).detach())
+
+
+def test_non_square_input_matches_reference(classifier: nn.Module) -> None:
+    # A 3x5 feature map has interior cells whose peaks bilinear upsampling does not reach, so
+    # here normalising only before upsampling would miss the reference by ~5e-3.
+    x = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(7))
+    expected = _reference(classifier, x, [1, 3])
+    with GradCAM(classifier, classifier.layer4) as cam:
+        maps = cam(x, torch.tensor([1, 3]))
+    assert maps.shape == (2, 1, 96, 160)
+    torch.testing.assert_close(maps, expected, atol=1e-4, rtol=0)
+
+
+def test_in_place_op_after_target_layer() -> None:
+    torch.manual_seed(0)
+
+    def build(inplace: bool) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(3, 6, 3, stride=4, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 3),
+        )
+
+    in_place = build(True)
+    out_of_place = build(False)
+    out_of_place.load_state_dict(in_place.state_dict())
+    x = _images(2, size=32)
+    with GradCAM(in_place, in_place[0]) as cam:
+        maps = cam(x)
+    with GradCAM(out_of_place, out_of_place[0]) as cam:
+        expected = cam(x)
+    torch.testing.assert_close(maps, expected)
+
+
+def test_batched_maps_equal_single_image_maps(classifier: nn.Module) -> None:
+    x = _images(4)
+    with GradCAM(classifier, classifier.layer4) as cam:
+        batched = cam(x)
+        single = torch.cat([cam(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+def test_frozen_model_under_no_grad_leaves_no_trace(classifier: nn.Module) -> None:
+    x = _images()
+    with GradCAM(classifier, classifier.layer4) as cam:
+        expected = cam(x)
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(False)
+    try:
+        with torch.no_grad(), GradCAM(classifier, classifier.layer4) as cam:
+            maps = cam(x)
+            assert len(classifier.layer4._forward_hooks) == 1
+    finally:
+        for parameter in classifier.parameters():
+            parameter.requires_grad_(True)
+    torch.testing.assert_close(maps, expected)
+    assert not maps.requires_grad
+    assert len(classifier.layer4._forward_hooks) == 0
+    assert all(parameter.grad is None for parameter in classifier.parameters())
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_mode_is_untouched(training: bool) -> None:
+    torch.manual_seed(0)
+    model = resnet18(weights=None, num_classes=5).train(training)
+    with GradCAM(model, model.layer4) as cam:
+        cam(_images(2))
+    assert all(module.training == training for module in model.modules())
+
+
+def test_hook_removed_on_exception_and_inactive_outside_calls(classifier: nn.Module) -> None:
+    x = _images(2)
+    with pytest.raises(ValueError, match="target has 3 entries"):
+        with GradCAM(classifier, classifier.layer4) as cam:
+            # Outside cam() calls the hook must not alter normal use of the model.
+            logits = classifier(x.requires_grad_(True))
+            (input_grad,) = torch.autograd.grad(logits.sum(), x)
+            assert input_grad.abs().sum() > 0
+            cam(x.detach(), torch.tensor([0, 1, 2]))
+    assert len(classifier.layer4._forward_hooks) == 0
+    with pytest.raises(RuntimeError, match="with GradCAM"):
+        cam(x.detach())
+
+
+def test_output_range_and_constant_map_gives_zeros() -> None:
+    torch.manual_seed(0)
+    # The hooked layer sees a constant image, so every map is constant before normalisation.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    with GradCAM(model, model[0]) as cam:
+        flat = cam(torch.zeros(2, 3, 8, 8))
+    assert flat.shape == (2, 1, 8, 8)
+    assert torch.equal(flat, torch.zeros_like(flat))
+
+    classifier = resnet18(weights=None, num_classes=5).eval()
+    with GradCAM(classifier, classifier.layer4) as cam:
+        maps = cam(_images(4))
+    assert not torch.isnan(maps).any()
+    assert maps.min() >= 0 and maps.max() <= 1
+    per_image_max = maps.flatten(1).max(dim=1).values
+    non_constant = per_image_max > 0
+    assert non_constant.any()
+    torch.testing.assert_close(
+        per_image_max[non_constant], torch.ones_like(per_image_max[non_constant])
+    )
+
+
+def test_compute_cams_batches_and_dtype(classifier: nn.Module) -> None:
+    x = _images(5)
+    with GradCAM(classifier, classifier.layer4) as cam:
+        expected = cam(x)
+    cams = compute_cams(classifier, classifier.layer4, x, batch_size=2)
+    assert cams.shape == (5, 1, 64, 64)
+    assert cams.dtype == torch.float16 and cams.device.type == "cpu"
+    torch.testing.assert_close(cams.float(), expected, atol=1e-3, rtol=0)
+    exact = compute_cams(classifier, classifier.layer4, x, batch_size=3, dtype=torch.float32)
+    torch.testing.assert_close(exact, expected, atol=1e-5, rtol=0)
+    target = torch.tensor([1, 1, 3, 0, 2])
+    with GradCAM(classifier, classifier.layer4) as cam:
+        expected_target = cam(x, target)
+    given = compute_cams(
+        classifier, classifier.layer4, x, batch_size=2, target=target, dtype=torch.float32
+    )
+    torch.testing.assert_close(given, expected_target, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="dtype"):
+        compute_cams(classifier, classifier.layer4, x, dtype=torch.float64)
+
+
+def test_binarize_is_inclusive_threshold() -> None:
+    cam = torch.tensor([[[[0.0, 0.49, 0.5, 0.51, 1.0]]]])
+    assert binarize(cam, 0.5).tolist() == [[[[0.0, 0.0, 1.0, 1.0, 1.0]]]]
+
+
+def _random_cams(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_p_one_occludes_exactly_the_binarised_region() -> None:
+    cam = _random_cams(6)
+    factor, selected = occlusion_factor(cam, threshold=0.5, p=1.0)
+    assert selected.all()
+    assert torch.equal(factor, 1 - (cam >= 0.5).float())
+    keep, _ = occlusion_factor(cam, threshold=0.3, p=1.0, mode="keep")
+    assert torch.equal(keep, (cam >= 0.3).float())
+
+
+def test_p_zero_leaves_everything() -> None:
+    cam = _random_cams(6)
+    for mode in MASK_MODES:
+        factor, selected = occlusion_factor(cam, threshold=0.5, p=0.0, mode=mode)
+        assert not selected.any()
+        assert torch.equal(factor, torch.ones_like(cam))
+
+
+def test_selected_fraction_matches_p_and_unselected_are_ones() -> None:
+    cam = _random_cams(4000)
+    factor, selected = occlusion_factor(
+        cam, threshold=0.5, p=0.4, generator=torch.Generator().manual_seed(3)
+    )
+    assert abs(selected.float().mean().item() - 0.4) < 0.03
+    assert torch.equal(factor[~selected], torch.ones_like(factor[~selected]))
+    assert torch.equal(factor[selected], 1 - (cam[selected] >= 0.5).float())
+
+
+def test_seeded_generator_is_reproducible() -> None:
+    cam = _random_cams(64)
+    first = occlusion_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(9))
+    again = occlusion_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(9))
+    other = occlusion_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(10))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"p": 1.5}, "p must be in \\[0, 1\\], got 1.5"),
+        ({"p": -0.1}, "got -0.1"),
+        ({"p": float("nan")}, "got nan"),
+        ({"threshold": 0.0}, "threshold must be in \\(0, 1\\), got 0.0"),
+        ({"threshold": 1.0}, "got 1.0"),
+        ({"mode": "invert"}, "'invert'.*\\['keep', 'occlude'\\]"),
+    ],
+)
+def test_invalid_arguments_are_rejected(kwargs: dict, message: str) -> None:
+    arguments = {"threshold": 0.5, "p": 0.5, "mode": "occlude"} | kwargs
+    with pytest.raises(ValueError, match=message):
+        occlusion_factor(_random_cams(2), **arguments)

@@ -1,0 +1,50 @@
+"""The `camsweep` command line as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from sweeps.cli import main
+from tests.conftest import write_frame
+
+CAMSWEEP = Path(sys.executable).parent / "camsweep"
+
+
+def test_synth_then_data_check_via_console_script(tmp_path):
+    out = tmp_path / "ds"
+    run = subprocess.run(
+        [CAMSWEEP, "synth", "--out", out, "--scale", "0.02", "--size", "48x40", "--seed", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    # round(0.02 * [256, 301, 457, 227, 208, 88]) = 5, 6, 9, 5, 4, 2
+    assert "wrote 31 synthetic frames" in run.stdout
+    check = subprocess.run([CAMSWEEP, "data", "check", out], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no problems found" in check.stdout
+    lines = {ln.split()[0]: ln.split() for ln in check.stdout.splitlines() if ln.strip()}
+    assert lines["C3"][1] == "9" and lines["C6"][1] == "2"
+
+
+def test_data_check_reports_problems_with_exit_1(tmp_path, capsys):
+    img, _ = write_frame(tmp_path, 1, "C1_P001_0001")
+    img.write_bytes(b"garbage")
+    assert main(["data", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s):" in out and str(img) in out
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    run = subprocess.run(
+        [CAMSWEEP, "synth", "--out", tmp_path, "--size", "64by48"], capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert "camsweep synth: error:" in run.stderr and "64by48" in run.stderr
+    assert "Traceback" not in run.stderr
+    run = subprocess.run(
+        [CAMSWEEP, "data", "check", tmp_path / "none"], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "data root does not exist" in run.stdout

@@ -1,0 +1,228 @@
+"""Per-fold preparation: train the centre classifier, then cache the CAMs of the training split.
+
+A fold's artefacts depend only on (dataset content, held-out centre, split seed, classifier
+config incl. its seed, CAM target, image size), so they are cached on disk under that key and every trial
+of the fold — in this sweep or a later one — reuses them. The classifier must never see the
+held-out centre: :func:`assert_fold_isolated` checks it before training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainables.cam import GradCAM
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.config import ClassifierConfig
+from trainables.data.augment import AugmentConfig, build_eval_transform, build_train_transform
+from trainables.data.cache import DecodedData
+from trainables.data.dataset import SegmentationDataset
+from trainables.data.splits import FoldSplit
+from trainables.engine import Runtime, seed_everything
+from trainables.models import CentreClassifier, build_centre_classifier
+
+FOLD_FORMAT = 1
+# Flips only: rotation's black corners would look like the octagonal/circular borders that
+# distinguish some centres, teaching the classifier a cue that the augmentation itself created.
+CLASSIFIER_AUGMENT = AugmentConfig(rotate_p=0.0, color_jitter_p=0.0)
+
+
+class FoldLeakError(AssertionError):
+    """The held-out centre reached the classifier's training data."""
+
+
+def assert_fold_isolated(data: DecodedData, split: FoldSplit) -> None:
+    leaked = np.flatnonzero(data.centres[split.train] == split.held_out)
+    if len(leaked):
+        raise FoldLeakError(
+            f"{len(leaked)} training frame(s) of held-out centre C{split.held_out} in the "
+            f"classifier's training split (e.g. {data.names[split.train[leaked[0]]]})"
+        )
+
+
+@dataclass
+class FoldArtifacts:
+    """What every segmentation trial of one fold shares."""
+
+    key: str
+    held_out: int
+    centre_labels: dict[int, int]
+    train_indices: np.ndarray  # rows of the decoded cache, aligned with `cams`
+    cams: np.ndarray  # (n_train, S, S) float16 in [0, 1], CAMs of the un-augmented images
+    metrics: dict[str, float]  # classifier train/val accuracy
+    path: Path  # folder holding classifier.pt, cams.npy, meta.json
+
+    def load_classifier(self, device: torch.device | str = "cpu") -> CentreClassifier:
+        payload = load_checkpoint(self.path / "classifier.pt")
+        model = build_centre_classifier(len(self.centre_labels), arch=payload["arch"])
+        model.load_state_dict(payload["model"])
+        return model.to(device).eval().requires_grad_(False)
+
+
+def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam_target: str) -> str:
+    parts = {
+        "format": FOLD_FORMAT,
+        "dataset": data.dataset_hash,
+        "image_size": data.image_size,
+        "held_out": split.held_out,
+        "split_seed": split.seed,
+        "classifier": cfg.model_dump(mode="json"),
+        "cam_target": cam_target,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _accuracy(model: nn.Module, loader: DataLoader, runtime: Runtime) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                logits = model(batch["image"])
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+            total += len(batch["label"])
+    return correct / max(total, 1)
+
+
+def train_centre_classifier(
+    data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, runtime: Runtime
+) -> tuple[CentreClassifier, dict[str, float]]:
+    """Cross-entropy training on the fold's training split; accuracy on train and val."""
+    assert_fold_isolated(data, split)
+    seed = cfg.seed
+    seed_everything(seed)
+    labels = split.centre_labels(data.centres)
+    model = runtime.prepare_model(
+        build_centre_classifier(len(labels), arch=cfg.arch, weights=cfg.weights)
+    )
+    train_set = SegmentationDataset(
+        data, split.train, build_train_transform(CLASSIFIER_AUGMENT, seed=seed), centre_labels=labels
+    )
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(cfg.epochs):
+        model.train()
+        for batch in loader:
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                loss = loss_fn(model(batch["image"]).float(), batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def eval_loader(indices: np.ndarray) -> DataLoader:
+        ds = SegmentationDataset(data, indices, build_eval_transform(), centre_labels=labels)
+        return DataLoader(ds, batch_size=cfg.batch_size)
+
+    metrics = {"train_accuracy": _accuracy(model, eval_loader(split.train), runtime)}
+    if len(split.val):
+        metrics["val_accuracy"] = _accuracy(model, eval_loader(split.val), runtime)
+    return model.eval(), metrics
+
+
+def fold_cams(
+    model: CentreClassifier,
+    data: DecodedData,
+    indices: np.ndarray,
+    runtime: Runtime,
+    *,
+    centre_labels: dict[int, int] | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """CAMs of the un-augmented frames `indices`, (n, S, S) float16, batched on the device.
+
+    The target class is the classifier's prediction, or the true centre when ``centre_labels``
+    is given.
+    """
+    ds = SegmentationDataset(data, indices, build_eval_transform(), centre_labels=centre_labels)
+    model = model.to(runtime.device).eval()
+    out = np.empty((len(ds), data.image_size, data.image_size), np.float16)
+    row = 0
+    with GradCAM(model, model.target_layer) as gradcam:
+        for batch in DataLoader(ds, batch_size=batch_size):
+            batch = runtime.to_device(batch)
+            target = batch["label"] if centre_labels is not None else None
+            cams = gradcam(batch["image"], target=target)
+            out[row : row + len(cams)] = cams[:, 0].to(torch.float16).cpu().numpy()
+            row += len(cams)
+    return out
+
+
+def prepare_fold(
+    data: DecodedData,
+    split: FoldSplit,
+    cfg: ClassifierConfig,
+    runtime: Runtime,
+    cache_root: Path,
+    *,
+    cam_target: str = "predicted",
+) -> tuple[FoldArtifacts, bool]:
+    """Loads the fold's artefacts from ``cache_root`` or computes and stores them.
+
+    Returns:
+        The artefacts and whether they were reused from the cache.
+    """
+    key = fold_key(data, split, cfg, cam_target)
+    path = Path(cache_root).expanduser() / f"C{split.held_out}-{key}"
+    if (path / "meta.json").exists():
+        return _load_fold(path), True
+    start = time.perf_counter()
+    model, metrics = train_centre_classifier(data, split, cfg, runtime)
+    labels = split.centre_labels(data.centres)
+    cams = fold_cams(
+        model, data, split.train, runtime, centre_labels=labels if cam_target == "true" else None
+    )
+    metrics["seconds"] = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_checkpoint(
+            tmp / "classifier.pt",
+            {"model": model.cpu().state_dict(), "arch": cfg.arch, "centre_labels": labels},
+        )
+        np.save(tmp / "cams.npy", cams)
+        np.save(tmp / "train_indices.npy", split.train)
+        meta = {
+            "key": key,
+            "held_out": split.held_out,
+            "centre_labels": {str(c): i for c, i in labels.items()},
+            "dataset_hash": data.dataset_hash,
+            "classifier": cfg.model_dump(mode="json"),
+            "cam_target": cam_target,
+            "metrics": metrics,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            tmp.rename(path)
+        except OSError:  # a concurrent preparation of the same fold won; its result is equal
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _load_fold(path), False
+
+
+def _load_fold(path: Path) -> FoldArtifacts:
+    meta = json.loads((path / "meta.json").read_text())
+    return FoldArtifacts(
+        key=meta["key"],
+        held_out=meta["held_out"],
+        centre_labels={int(c): i for c, i in meta["centre_labels"].items()},
+        train_indices=np.load(path / "train_indices.npy"),
+        cams=np.load(path / "cams.npy", mmap_mode="r"),
+        metrics=meta["metrics"],
+        path=path,
+    )

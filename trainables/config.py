@@ -1,0 +1,169 @@
+"""The trial config: one strict, typed object describing everything one trial does.
+
+Defaults are the paper's settings (DESIGN §1) and live here only. Unknown keys are errors, so a
+typo in a YAML file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trainables.data.augment import AugmentConfig
+from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Strict):
+    """How to generate the dataset when ``data.source`` is ``synthetic``."""
+
+    per_centre: int | None = Field(None, ge=1)
+    scale: float = Field(1.0, gt=0)
+    size: str = "640x480"
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    source: Literal["polypgen", "synthetic"] = "synthetic"
+    root: Path | None = Field(
+        None, description="PolypGen root; for synthetic data, where it is generated"
+    )
+    manifest: Path | None = None
+    patient_pattern: str = DEFAULT_PATIENT_PATTERN
+    image_size: int = Field(256, ge=16, le=2048)
+    cache_dir: Path | None = Field(None, description="decoded cache; default ~/.cache/camsweep")
+    split_seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class ModelConfig(Strict):
+    arch: str = "unet"
+    variant: Literal["paper", "tiny"] = "paper"
+    encoder_name: str | None = None
+    encoder_weights: str | None = Field(None, description="None, 'imagenet' or a local file")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from trainables.models import MODEL_NAMES
+
+        if arch not in MODEL_NAMES:
+            raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(MODEL_NAMES)}")
+        return arch
+
+
+class ClassifierConfig(Strict):
+    """The frozen centre classifier whose GradCAM drives the masking."""
+
+    arch: str = "resnet50"
+    weights: str | None = Field(None, description="None, 'imagenet' or a local state-dict file")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    seed: int = Field(0, description="separate from the trial seed so seeds share one classifier")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from trainables.models import CLASSIFIER_ARCHS
+
+        if arch not in CLASSIFIER_ARCHS:
+            raise ValueError(
+                f"unknown classifier arch {arch!r}; valid: {', '.join(CLASSIFIER_ARCHS)}"
+            )
+        return arch
+
+
+class MaskingConfig(Strict):
+    p: float = Field(0.0, ge=0, le=1, description="per-sample masking probability; 0 = baseline")
+    threshold: float = Field(0.5, gt=0, lt=1, description="CAM binarisation threshold")
+    mode: Literal["occlude", "keep"] = "occlude"
+    cam_mode: Literal["cached", "online"] = "cached"
+    cam_target: Literal["predicted", "true"] = "predicted"
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(300, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    amp: Literal["auto", "on", "off"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    checkpoint_every: int = Field(10, ge=1, description="epochs between periodic checkpoints")
+    augment: AugmentConfig = AugmentConfig()
+
+
+class TrialConfig(Strict):
+    """Everything one segmentation trial needs; written next to every result."""
+
+    held_out_centre: int = Field(1, ge=1)
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    masking: MaskingConfig = MaskingConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; lists every problem."""
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+        lines.append(f"  - {where}: {err['msg']}{value}")
+    return "\n".join(lines)
+
+
+def set_by_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Sets ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def load_trial_config(
+    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> TrialConfig:
+    """Reads a YAML trial config (or the defaults) and applies dotted-key overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        set_by_path(raw, key, value)
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None

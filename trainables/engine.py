@@ -1,0 +1,210 @@
+"""One epoch of training and one evaluation pass — plain functions, no Ray, no W&B.
+
+The CAM masking of DESIGN §1 enters here as an :class:`Occluder`: per batch it turns the CAM
+(cached with the sample, or recomputed online from the frozen centre classifier) into the
+multiplicative occlusion factor that the model applies to its input (UNet, DeepLabV3+) or to its
+anatomy representation (SDNet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainables.cam import GradCAM, occlusion_factor
+from trainables.config import MaskingConfig, TrainConfig
+from trainables.metrics import MetricAccumulator
+from trainables.models.base import SegmentationNet
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how tensors are computed: device, bf16 autocast, memory format."""
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Runtime:
+        cuda = torch.cuda.is_available()
+        if cfg.device == "cuda" and not cuda:
+            raise ValueError("train.device: 'cuda' requested but CUDA is not available")
+        device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
+        on_gpu = device.type == "cuda"
+        if cfg.amp == "on" and not on_gpu:
+            raise ValueError("train.amp: 'on' needs CUDA (bf16 autocast is used on GPUs only)")
+        return cls(device, amp=on_gpu and cfg.amp != "off", channels_last=on_gpu)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.channels_last:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
+        return out
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+
+class Occluder:
+    """Produces the per-batch occlusion factor from CAMs.
+
+    ``cam_mode="cached"`` reads ``batch["cam"]`` (the fold's CAMs of the un-augmented images,
+    transformed with the image). ``"online"`` recomputes GradCAM on the augmented batch with the
+    frozen classifier (target: its prediction, or the true centre label).
+    """
+
+    def __init__(
+        self,
+        masking: MaskingConfig,
+        *,
+        generator: torch.Generator,
+        classifier: nn.Module | None = None,
+        target_layer: nn.Module | None = None,
+    ):
+        if masking.cam_mode == "online" and (classifier is None or target_layer is None):
+            raise ValueError("masking.cam_mode 'online' needs the fold's centre classifier")
+        self.masking = masking
+        self.generator = generator
+        self.classifier = classifier
+        self.target_layer = target_layer
+
+    def cams(self, batch: dict[str, Tensor]) -> Tensor:
+        if self.masking.cam_mode == "cached":
+            if "cam" not in batch:
+                raise ValueError("masking.cam_mode 'cached' but the batch carries no CAM")
+            return batch["cam"]
+        target = batch["label"] if self.masking.cam_target == "true" else None
+        with GradCAM(self.classifier, self.target_layer) as gradcam:
+            return gradcam(batch["image"], target=target)
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(factor (B,1,H,W), selected (B,) bool)."""
+        m = self.masking
+        return occlusion_factor(
+            self.cams(batch), threshold=m.threshold, p=m.p, mode=m.mode, generator=self.generator
+        )
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    parts: dict[str, float]
+    masked_fraction: float
+    images: int
+    seconds: float
+
+
+def train_one_epoch(
+    model: SegmentationNet,
+    loader: Iterable[dict[str, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    runtime: Runtime,
+    *,
+    occluder: Occluder | None = None,
+) -> EpochStats:
+    """Trains one pass over ``loader``; raises :class:`DivergedError` on a non-finite loss."""
+    model.train()
+    start = time.perf_counter()
+    # Sums stay on the device: no host sync per step (it stalls the GPU queue).
+    loss_sum = torch.zeros((), device=runtime.device)
+    part_sums: dict[str, Tensor] = {}
+    masked = torch.zeros((), device=runtime.device)
+    images = 0
+    for batch in loader:
+        batch = runtime.to_device(batch)
+        x, y = batch["image"], batch["mask"]
+        occlusion = None
+        if occluder is not None and occluder.masking.p > 0:
+            occlusion, selected = occluder(batch)
+            masked += selected.sum()
+        with runtime.autocast():
+            out = model(x, occlusion)
+            loss, parts = model.loss(out, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = x.shape[0]
+        images += n
+        loss_sum += loss.detach().float() * n
+        for k, v in parts.items():
+            part_sums[k] = part_sums.get(k, 0) + v.detach().float() * n
+    total = loss_sum.item()
+    if not np.isfinite(total):
+        raise DivergedError(f"training loss is {total} (diverged)")
+    return EpochStats(
+        loss=total / max(images, 1),
+        parts={k: float(v) / max(images, 1) for k, v in part_sums.items()},
+        masked_fraction=float(masked) / max(images, 1),
+        images=images,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one split: mean over images, pooled over pixels, and per image."""
+
+    mean: dict[str, float]
+    pooled: dict[str, float]
+    per_image: dict[str, np.ndarray]
+    indices: np.ndarray  # dataset rows, aligned with per_image
+    loss: float
+
+
+@torch.no_grad()
+def evaluate(
+    model: SegmentationNet, loader: Iterable[dict[str, Tensor]], runtime: Runtime
+) -> EvalResult:
+    """Evaluates without masking; metrics at polyp probability > 0.5 (see trainables.metrics)."""
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator()
+    indices: list[Tensor] = []
+    loss_sum, images = torch.zeros((), device=runtime.device), 0
+    try:
+        for batch in loader:
+            batch = runtime.to_device(batch)
+            with runtime.autocast():
+                out = model(batch["image"])
+                loss, _ = model.loss(out, batch["image"], batch["mask"])
+            acc.update(torch.sigmoid(out["logits"].float()), batch["mask"])
+            indices.append(batch["index"])
+            loss_sum += loss.float() * batch["image"].shape[0]
+            images += batch["image"].shape[0]
+    finally:
+        model.train(was_training)
+    if images == 0:
+        raise ValueError("evaluate() got an empty split")
+    return EvalResult(
+        mean=acc.mean(),
+        pooled=acc.pooled(),
+        per_image=acc.per_image(),
+        indices=torch.cat(indices).cpu().numpy(),
+        loss=loss_sum.item() / images,
+    )
+

@@ -1,0 +1,61 @@
+"""Segmentation models by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from trainables.models.base import SegmentationNet
+from trainables.models.sdnet import build_sdnet
+from trainables.models.smp_models import build_deeplabv3plus, build_unet
+
+MODEL_REGISTRY: dict[str, Callable[..., SegmentationNet]] = {
+    "unet": build_unet,
+    "deeplabv3plus": build_deeplabv3plus,
+    "sdnet": build_sdnet,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
+
+# "paper": the published settings. "tiny": small and fast, for tests and CPU demos at 32-64 px.
+VARIANTS: tuple[str, ...] = ("paper", "tiny")
+
+
+def build_model(
+    name: str,
+    *,
+    variant: str = "paper",
+    encoder_name: str | None = None,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    **kw: Any,
+) -> SegmentationNet:
+    """Builds a segmentation model with one polyp-logit output.
+
+    Args:
+        name: One of `MODEL_NAMES`.
+        variant: One of `VARIANTS`.
+        encoder_name: smp encoder overriding the variant's default (unet, deeplabv3plus only).
+        encoder_weights: None (random init), a named smp weight set such as ``"imagenet"``
+            (downloaded where the network allows), or a local ``.pth``/``.pt`` state-dict file
+            loaded into ``model.encoder``. sdnet accepts only None.
+        in_channels: Image channels.
+        **kw: Architecture arguments overriding the variant's (smp constructor arguments, or
+            `SDNet` arguments).
+
+    Raises:
+        ValueError: Unknown name or variant, or weights that do not fit.
+        FileNotFoundError: A local weights file does not exist.
+    """
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown model variant {variant!r}; valid variants: {', '.join(VARIANTS)}"
+        )
+    return MODEL_REGISTRY[name](
+        variant,
+        encoder_name=encoder_name,
+        encoder_weights=encoder_weights,
+        in_channels=in_channels,
+        **kw,
+    )

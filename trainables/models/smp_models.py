@@ -1,0 +1,106 @@
+"""UNet and DeepLabV3+ from segmentation-models-pytorch behind the `SegmentationNet` interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import segmentation_models_pytorch as smp
+from segmentation_models_pytorch.losses import DiceLoss
+from torch import Tensor, nn
+
+from trainables.models.base import SegmentationNet, apply_occlusion, detached_parts
+from trainables.models.weights import is_weights_path, load_weights_file
+
+# Per variant: the default encoder and the smp constructor arguments. "paper" follows the
+# authors (smp defaults; DeepLabV3+ on ResNet101). "tiny" keeps CPU tests and demos fast at
+# 32-64 px; its UNet uses encoder depth 3, so the encoder's layer3/layer4 exist (a full
+# ResNet18 state dict still loads) but receive no gradient.
+UNET_VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"encoder_name": "resnet34"},
+    "tiny": {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": (32, 16, 8)},
+}
+DEEPLAB_VARIANTS: dict[str, dict[str, Any]] = {
+    "paper": {"encoder_name": "resnet101"},
+    "tiny": {"encoder_name": "resnet18", "decoder_channels": 32},
+}
+
+
+class SmpSegmentationNet(SegmentationNet):
+    """A one-class smp model trained with soft Dice; the occlusion masks its input image.
+
+    Args:
+        net: An smp segmentation model with one output channel.
+    """
+
+    occlusion_target = "input"
+
+    def __init__(self, net: smp.base.SegmentationModel) -> None:
+        super().__init__()
+        self.net = net
+        self.dice = DiceLoss(mode="binary", from_logits=True)
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The pretrainable backbone (target of local encoder weights)."""
+        return self.net.encoder
+
+    def forward(self, x: Tensor, occlusion: Tensor | None = None) -> dict[str, Tensor]:
+        model_input = apply_occlusion(x, occlusion)
+        return {"logits": self.net(model_input), "model_input": model_input}
+
+    def loss(
+        self, out: dict[str, Tensor], x: Tensor, y: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        # fp32 loss: under bf16 autocast the sigmoid and Dice sums lose too much precision.
+        dice = self.dice(out["logits"].float(), y.float())
+        return dice, detached_parts(dice=dice)
+
+
+def _build(
+    factory: type[smp.base.SegmentationModel],
+    presets: dict[str, Any],
+    encoder_name: str | None,
+    encoder_weights: str | None,
+    in_channels: int,
+    kw: dict[str, Any],
+) -> SmpSegmentationNet:
+    args = {**presets, **kw}
+    if encoder_name is not None:
+        args["encoder_name"] = encoder_name
+    local = encoder_weights is not None and is_weights_path(encoder_weights)
+    net = factory(
+        encoder_weights=None if local else encoder_weights,
+        in_channels=in_channels,
+        classes=1,
+        **args,
+    )
+    model = SmpSegmentationNet(net)
+    if local:
+        # "fc." is skipped so a torchvision ResNet checkpoint loads into the smp encoder.
+        load_weights_file(model.encoder, encoder_weights, what="encoder", ignore_prefixes=("fc.",))
+    return model
+
+
+def build_unet(
+    variant: str,
+    *,
+    encoder_name: str | None = None,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    **kw: Any,
+) -> SmpSegmentationNet:
+    """smp `Unet` (paper: ResNet34 encoder); `kw` overrides smp constructor arguments."""
+    return _build(smp.Unet, UNET_VARIANTS[variant], encoder_name, encoder_weights, in_channels, kw)
+
+
+def build_deeplabv3plus(
+    variant: str,
+    *,
+    encoder_name: str | None = None,
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    **kw: Any,
+) -> SmpSegmentationNet:
+    """smp `DeepLabV3Plus` (paper: ResNet101 encoder); `kw` overrides smp constructor arguments."""
+    presets = DEEPLAB_VARIANTS[variant]
+    return _build(smp.DeepLabV3Plus, presets, encoder_name, encoder_weights, in_channels, kw)

@@ -1,0 +1,263 @@
+"""One segmentation trial end to end, without Ray: the loop both `camsweep train` and the Tune
+trainable run.
+
+Per epoch: train (with CAM masking) → validate → keep the best-validation weights → checkpoint →
+report. At the end the best-validation weights are evaluated on the in-distribution and
+out-of-distribution test sets, and everything needed to trace a number back to its settings is
+written to the trial folder (resolved config, split CSV, per-image metrics, results.json).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from trainables import metric_keys as K
+from trainables.checkpoint import load_checkpoint, save_checkpoint
+from trainables.classifier import FoldArtifacts, prepare_fold
+from trainables.config import TrialConfig
+from trainables.data.augment import build_eval_transform, build_train_transform
+from trainables.data.cache import DecodedData
+from trainables.data.dataset import SegmentationDataset
+from trainables.data.source import prepare_data
+from trainables.data.splits import FoldSplit, leave_one_centre_out
+from trainables.engine import Occluder, Runtime, evaluate, seed_everything, train_one_epoch
+from trainables.models import build_model
+
+# report(metrics, checkpoint_dir or None) — Tune's `tune.report` in a sweep, a printer in the CLI.
+Reporter = Callable[[dict[str, float], Path | None], None]
+STATE_FILE, BEST_FILE = "state.pt", "best.pt"
+RESULTS_FILE, PER_IMAGE_FILE, CONFIG_FILE, SPLIT_FILE = (
+    "results.json",
+    "per_image.npz",
+    "config.yaml",
+    "split.csv",
+)
+
+
+def needs_fold(cfg: TrialConfig) -> bool:
+    """Whether the trial needs the centre classifier (the baseline p = 0 does not)."""
+    return cfg.masking.p > 0
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    out_dir: Path
+
+
+def _loader(ds: SegmentationDataset, cfg: TrialConfig, **kw: Any) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.train.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        **kw,
+    )
+
+
+def _epoch_seed(cfg: TrialConfig, epoch: int) -> int:
+    # Every epoch's randomness derives from (seed, epoch), so a resumed trial continues with the
+    # same shuffles, augmentations and masks as an uninterrupted one.
+    return (cfg.seed * 1_000_003 + epoch) % 2**31
+
+
+def run_segmentation(
+    cfg: TrialConfig,
+    data: DecodedData,
+    split: FoldSplit,
+    fold: FoldArtifacts | None,
+    out_dir: Path,
+    *,
+    report: Reporter | None = None,
+    resume_dir: Path | None = None,
+) -> TrialResult:
+    """Trains and tests one segmentation model.
+
+    Args:
+        cfg: the trial config.
+        data: the decoded dataset (shared by every trial).
+        split: the fold's split; must match ``cfg.held_out_centre``.
+        fold: the fold's classifier and cached CAMs; required when ``cfg.masking.p > 0``.
+        out_dir: the trial folder (checkpoints and results go here).
+        report: called after every epoch with the metrics and, on checkpoint epochs, the
+            checkpoint folder.
+        resume_dir: a checkpoint folder written by an earlier run of this trial.
+    """
+    if split.held_out != cfg.held_out_centre:
+        raise ValueError(f"split is for C{split.held_out}, config for C{cfg.held_out_centre}")
+    if needs_fold(cfg) and fold is None:
+        raise ValueError(f"masking.p = {cfg.masking.p} needs the fold's CAMs and classifier")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoint"
+    _write_provenance(cfg, data, split, out_dir)
+    runtime = Runtime.from_config(cfg.train)
+    seed_everything(cfg.seed)
+    model = runtime.prepare_model(
+        build_model(
+            cfg.model.arch,
+            variant=cfg.model.variant,
+            encoder_name=cfg.model.encoder_name,
+            encoder_weights=cfg.model.encoder_weights,
+        )
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
+    labels = split.centre_labels(data.centres)
+    cams, occluder = None, None
+    if needs_fold(cfg):
+        if not np.array_equal(fold.train_indices, split.train):
+            raise ValueError("fold artefacts were computed for a different training split")
+        online = cfg.masking.cam_mode == "online"
+        classifier = fold.load_classifier(runtime.device) if online else None
+        cams = None if online else fold.cams
+        occluder = Occluder(
+            cfg.masking,
+            generator=torch.Generator(runtime.device),
+            classifier=classifier,
+            target_layer=classifier.target_layer if online else None,
+        )
+    eval_sets = {
+        name: _loader(
+            SegmentationDataset(data, split.indices(name), build_eval_transform(), centre_labels=labels),
+            cfg,
+        )
+        for name in K.SPLITS
+        if len(split.indices(name))
+    }
+    if "val" not in eval_sets:
+        raise ValueError(f"fold C{split.held_out} has an empty validation split (too few patients)")
+
+    start_epoch, best_dice, best_epoch, history = 1, -1.0, 0, []
+    if resume_dir is not None:
+        state = load_checkpoint(resume_dir / STATE_FILE, runtime.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
+        history = state["history"]
+        if (resume_dir / BEST_FILE).exists() and resume_dir != ckpt_dir:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            (ckpt_dir / BEST_FILE).write_bytes((resume_dir / BEST_FILE).read_bytes())
+
+    trial_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        seed = _epoch_seed(cfg, epoch)
+        train_set = SegmentationDataset(
+            data,
+            split.train,
+            build_train_transform(cfg.train.augment, seed=seed),
+            centre_labels=labels,
+            cams=cams,
+        )
+        train_loader = _loader(
+            train_set, cfg, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
+        if occluder is not None:
+            occluder.generator.manual_seed(seed)
+        stats = train_one_epoch(model, train_loader, optimizer, runtime, occluder=occluder)
+        val = evaluate(model, eval_sets["val"], runtime)
+        metrics = {
+            K.EPOCH: epoch,
+            K.TRAIN_LOSS: stats.loss,
+            K.TRAIN_MASKED_FRACTION: stats.masked_fraction,
+            K.TRAIN_IMAGES_PER_S: stats.images / max(stats.seconds, 1e-9),
+            K.VAL_LOSS: val.loss,
+            **{K.train_part_key(k): v for k, v in stats.parts.items()},
+            **K.split_metrics("val", val.mean),
+        }
+        improved = val.mean["dice"] > best_dice
+        if improved:
+            best_dice, best_epoch = val.mean["dice"], epoch
+            save_checkpoint(ckpt_dir / BEST_FILE, {"model": model.state_dict(), "epoch": epoch})
+        metrics[K.BEST_VAL_DICE], metrics[K.BEST_EPOCH] = best_dice, best_epoch
+        history.append(metrics)
+        last = epoch == cfg.train.epochs
+        checkpointed = improved or last or epoch % cfg.train.checkpoint_every == 0
+        if checkpointed:
+            save_checkpoint(
+                ckpt_dir / STATE_FILE,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "best_dice": best_dice,
+                    "best_epoch": best_epoch,
+                    "history": history,
+                },
+            )
+        if report is not None and not last:
+            report(metrics, ckpt_dir if checkpointed else None)
+
+    final = _test_best(model, ckpt_dir, eval_sets, runtime, out_dir)
+    final.update(history[-1] if history else {})
+    final.update({K.BEST_VAL_DICE: best_dice, K.BEST_EPOCH: best_epoch})
+    final[K.TRIAL_SECONDS] = time.perf_counter() - trial_start
+    results = {
+        "config": cfg.to_dict(),
+        "metrics": final,
+        "history": history,
+        "dataset_hash": data.dataset_hash,
+        "fold": None if fold is None else {"key": fold.key, "classifier": fold.metrics},
+    }
+    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    if report is not None:
+        report(final, ckpt_dir)
+    return TrialResult(final, history, out_dir)
+
+
+def _test_best(model, ckpt_dir: Path, eval_sets, runtime: Runtime, out_dir: Path) -> dict[str, float]:
+    """Evaluates the best-validation weights on every split; saves the per-image arrays."""
+    best = load_checkpoint(ckpt_dir / BEST_FILE, runtime.device)
+    model.load_state_dict(best["model"])
+    metrics: dict[str, float] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for name, loader in eval_sets.items():
+        result = evaluate(model, loader, runtime)
+        metrics.update(K.split_metrics(name, result.mean))
+        metrics.update({f"{k}_pooled": v for k, v in K.split_metrics(name, result.pooled).items()})
+        arrays[f"{name}/index"] = result.indices
+        arrays.update({f"{name}/{m}": v for m, v in result.per_image.items()})
+    np.savez(out_dir / PER_IMAGE_FILE, **arrays)
+    return metrics
+
+
+def _write_provenance(cfg: TrialConfig, data: DecodedData, split: FoldSplit, out_dir: Path) -> None:
+    (out_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    split.to_csv(out_dir / SPLIT_FILE, data.names, data.centres, data.patients)
+
+
+def prepare_trial_inputs(
+    cfg: TrialConfig, fold_cache: Path
+) -> tuple[DecodedData, FoldSplit, FoldArtifacts | None, bool]:
+    """Data, split and (when masking needs it) the fold's artefacts for a run without Ray.
+
+    Returns:
+        data, split, fold artefacts (None for the baseline) and whether they came from the cache.
+    """
+    _, data = prepare_data(cfg.data)
+    split = leave_one_centre_out(
+        data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed
+    )
+    if not needs_fold(cfg):
+        return data, split, None, False
+    runtime = Runtime.from_config(cfg.train)
+    fold, reused = prepare_fold(
+        data,
+        split,
+        cfg.classifier,
+        runtime,
+        fold_cache,
+        cam_target=cfg.masking.cam_target,
+    )
+    return data, split, fold, reused
