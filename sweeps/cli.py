@@ -106,7 +106,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def format_final_metrics(metrics: dict[str, float]) -> str:
     from trainables.metrics import METRIC_NAMES
 
-    lines = [f"best validation Dice {metrics['best/val_dice']:.4f} at epoch {metrics['best/epoch']}"]
+    lines = [
+        f"best validation Dice {metrics['best/val_dice']:.4f} at epoch {metrics['best/epoch']}"
+    ]
     lines.append(f"{'split':<9}" + "".join(f"{m:>10}" for m in METRIC_NAMES))
     for split in ("val", "test_in", "test_out"):
         if f"{split}/dice" in metrics:

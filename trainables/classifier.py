@@ -107,7 +107,10 @@ def train_centre_classifier(
         build_centre_classifier(len(labels), arch=cfg.arch, weights=cfg.weights)
     )
     train_set = SegmentationDataset(
-        data, split.train, build_train_transform(CLASSIFIER_AUGMENT, seed=seed), centre_labels=labels
+        data,
+        split.train,
+        build_train_transform(CLASSIFIER_AUGMENT, seed=seed),
+        centre_labels=labels,
     )
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator)

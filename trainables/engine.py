@@ -48,7 +48,9 @@ class Runtime:
         cuda = torch.cuda.is_available()
         if cfg.device == "cuda" and not cuda:
             raise ValueError("train.device: 'cuda' requested but CUDA is not available")
-        device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
+        device = torch.device(
+            "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
+        )
         on_gpu = device.type == "cuda"
         if cfg.amp == "on" and not on_gpu:
             raise ValueError("train.amp: 'on' needs CUDA (bf16 autocast is used on GPUs only)")
@@ -207,4 +209,3 @@ def evaluate(
         indices=torch.cat(indices).cpu().numpy(),
         loss=loss_sum.item() / images,
     )
-

@@ -130,7 +130,9 @@ def run_segmentation(
         )
     eval_sets = {
         name: _loader(
-            SegmentationDataset(data, split.indices(name), build_eval_transform(), centre_labels=labels),
+            SegmentationDataset(
+                data, split.indices(name), build_eval_transform(), centre_labels=labels
+            ),
             cfg,
         )
         for name in K.SPLITS
@@ -144,7 +146,11 @@ def run_segmentation(
         state = load_checkpoint(resume_dir / STATE_FILE, runtime.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_dice, best_epoch = state["epoch"] + 1, state["best_dice"], state["best_epoch"]
+        start_epoch, best_dice, best_epoch = (
+            state["epoch"] + 1,
+            state["best_dice"],
+            state["best_epoch"],
+        )
         history = state["history"]
         if (resume_dir / BEST_FILE).exists() and resume_dir != ckpt_dir:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +222,9 @@ def run_segmentation(
     return TrialResult(final, history, out_dir)
 
 
-def _test_best(model, ckpt_dir: Path, eval_sets, runtime: Runtime, out_dir: Path) -> dict[str, float]:
+def _test_best(
+    model, ckpt_dir: Path, eval_sets, runtime: Runtime, out_dir: Path
+) -> dict[str, float]:
     """Evaluates the best-validation weights on every split; saves the per-image arrays."""
     best = load_checkpoint(ckpt_dir / BEST_FILE, runtime.device)
     model.load_state_dict(best["model"])

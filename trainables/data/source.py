@@ -50,7 +50,9 @@ def prepare_data(cfg: DataConfig) -> tuple[Manifest, DecodedData]:
         root = _ensure_synthetic(cfg)
     else:
         if cfg.root is None and cfg.manifest is None:
-            raise DatasetError(["data.root: required for source 'polypgen' (or give data.manifest)"])
+            raise DatasetError(
+                ["data.root: required for source 'polypgen' (or give data.manifest)"]
+            )
         root = Path(cfg.root or Path(cfg.manifest).parent).expanduser()
     manifest = index_polypgen(root, manifest=cfg.manifest, patient_pattern=cfg.patient_pattern)
     cache_dir = Path(cfg.cache_dir).expanduser() / "decoded" if cfg.cache_dir else None
