@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/camsweep synth --out demo-data --scale 0.05 --size 320x256 --seed 0
+	$(BIN)/camsweep synth --out demo-data --scale 0.05 --size 320x256 --seed 0 --overwrite
 	$(BIN)/camsweep data check demo-data
+	$(BIN)/camsweep train --config examples/demo-trial.yaml --out demo-results/trial --fold-cache demo-results/folds
+	$(BIN)/camsweep cams --config examples/demo-trial.yaml --out demo-results/cams.png --fold-cache demo-results/folds
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -17,7 +17,14 @@ from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN, DatasetError
 
 # Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
 # (ConfigError and the models' weight errors are ValueError / FileNotFoundError subclasses.)
-USER_ERRORS: tuple[type[Exception], ...] = (DatasetError, ValueError, FileNotFoundError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    DatasetError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 # `camsweep train` flags that are shortcuts for a config key.
 TRAIN_FLAGS = {
@@ -43,6 +50,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         scale=args.scale,
         size=parse_size(args.size),
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     centres = sorted({r.centre for r in records})
     counts = ", ".join(f"C{c}: {sum(r.centre == c for r in records)}" for c in centres)
@@ -69,15 +77,20 @@ def parse_overrides(pairs: list[str]) -> dict[str, object]:
     return out
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _trial_config(args: argparse.Namespace):
     from trainables.config import load_trial_config
-    from trainables.trial import prepare_trial_inputs, run_segmentation
 
     overrides = parse_overrides(args.set or [])
     for flag, key in TRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
+        if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
-    cfg = load_trial_config(args.config, overrides)
+    return load_trial_config(args.config, overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainables.trial import prepare_trial_inputs, run_segmentation
+
+    cfg = _trial_config(args)
     out = Path(args.out or f"runs/train/{cfg.model.arch}-C{cfg.held_out_centre}-{cfg.digest()}")
     fold_cache = Path(args.fold_cache or out.parent / "folds")
     print(f"trial config {cfg.digest()} → {out}")
@@ -100,6 +113,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = run_segmentation(cfg, data, split, fold, out, report=report)
     print(format_final_metrics(result.metrics))
     print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _cmd_cams(args: argparse.Namespace) -> int:
+    from trainables.cam_report import cam_report, format_scores
+    from trainables.engine import Runtime
+    from trainables.trial import prepare_trial_inputs
+
+    cfg = _trial_config(args)
+    fold_cache = Path(args.fold_cache or "runs/train/folds")
+    data, split, fold, reused = prepare_trial_inputs(cfg, fold_cache, with_fold=True)
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in fold.metrics.items() if "accuracy" in k)
+    print(
+        f"centre classifier for held-out C{split.held_out} ({'reused' if reused else 'trained'}): {acc}"
+    )
+    out = Path(args.out)
+    scores, _ = cam_report(
+        data, split, fold, Runtime.from_config(cfg.train), out, threshold=cfg.masking.threshold
+    )
+    if scores:
+        print(f"CAM ≥ {cfg.masking.threshold:g} vs overlay ground truth:")
+        print(format_scores(scores, split.held_out))
+    else:
+        print("no overlay ground truth in this dataset: figure only")
+    print(f"figure: {out}")
     return 0
 
 
@@ -135,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--overwrite", action="store_true", help="replace a synthetic dataset already in --out"
+    )
     synth.set_defaults(func=_cmd_synth)
 
     data = sub.add_parser("data", help="dataset utilities")
@@ -163,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int)
     train.add_argument("--seed", type=int)
     train.set_defaults(func=_cmd_train)
+
+    cams = sub.add_parser("cams", help="CAM figure (paper Fig. 1) and CAM-vs-overlay scores")
+    cams.add_argument("--config", help="trial config YAML (data, classifier, threshold)")
+    cams.add_argument("--out", default="cams.png", help="PNG to write (default cams.png)")
+    cams.add_argument("--fold-cache", help="classifier/CAM cache (default runs/train/folds)")
+    cams.add_argument("--set", action="append", metavar="KEY=VALUE")
+    cams.add_argument("--held-out", type=int)
+    cams.add_argument("--threshold", type=float)
+    cams.add_argument("--image-size", type=int)
+    cams.set_defaults(func=_cmd_cams)
     return parser
 
 

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 SYNTH_SIZE = (64, 64)
-SYNTH_PER_CENTRE = 8
+SYNTH_PER_CENTRE = 16
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,16 @@ def _epoch_seed(cfg: TrialConfig, epoch: int) -> int:
     return (cfg.seed * 1_000_003 + epoch) % 2**31
 
 
+def check_split(split: FoldSplit) -> None:
+    """Model selection needs validation frames; fail before any training if there are none."""
+    if not len(split.val) or not len(split.train):
+        raise ValueError(
+            f"held-out centre C{split.held_out}: empty train or validation split (train "
+            f"{len(split.train)}, val {len(split.val)} frames) — the training centres have too "
+            "few patients for an 80/10/10 patient split"
+        )
+
+
 def run_segmentation(
     cfg: TrialConfig,
     data: DecodedData,
@@ -96,6 +106,7 @@ def run_segmentation(
     """
     if split.held_out != cfg.held_out_centre:
         raise ValueError(f"split is for C{split.held_out}, config for C{cfg.held_out_centre}")
+    check_split(split)
     if needs_fold(cfg) and fold is None:
         raise ValueError(f"masking.p = {cfg.masking.p} needs the fold's CAMs and classifier")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +149,6 @@ def run_segmentation(
         for name in K.SPLITS
         if len(split.indices(name))
     }
-    if "val" not in eval_sets:
-        raise ValueError(f"fold C{split.held_out} has an empty validation split (too few patients)")
 
     start_epoch, best_dice, best_epoch, history = 1, -1.0, 0, []
     if resume_dir is not None:
@@ -246,9 +255,9 @@ def _write_provenance(cfg: TrialConfig, data: DecodedData, split: FoldSplit, out
 
 
 def prepare_trial_inputs(
-    cfg: TrialConfig, fold_cache: Path
+    cfg: TrialConfig, fold_cache: Path, *, with_fold: bool = False
 ) -> tuple[DecodedData, FoldSplit, FoldArtifacts | None, bool]:
-    """Data, split and (when masking needs it) the fold's artefacts for a run without Ray.
+    """Data, split and (when masking needs it, or ``with_fold``) the fold's artefacts.
 
     Returns:
         data, split, fold artefacts (None for the baseline) and whether they came from the cache.
@@ -257,7 +266,8 @@ def prepare_trial_inputs(
     split = leave_one_centre_out(
         data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed
     )
-    if not needs_fold(cfg):
+    check_split(split)
+    if not (with_fold or needs_fold(cfg)):
         return data, split, None, False
     runtime = Runtime.from_config(cfg.train)
     fold, reused = prepare_fold(

@@ -1,0 +1,123 @@
+"""Masking overhead per training step: no masking vs cached-CAM masking (p = 0.5) vs online CAM.
+
+Same data, model and batches in one run; each variant trains the same number of steps
+(data loading, augmentation of the CAM with the image, masking and the step itself included).
+Target: cached masking adds ≤ 3 % per step.
+
+    python benchmarks/step_overhead.py [--variant tiny] [--image-size 64] [--steps 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+from common import emit
+from torch.utils.data import DataLoader
+
+from trainables.classifier import prepare_fold
+from trainables.config import load_trial_config
+from trainables.data.augment import build_train_transform
+from trainables.data.dataset import SegmentationDataset
+from trainables.data.source import prepare_data
+from trainables.data.splits import leave_one_centre_out
+from trainables.engine import Occluder, Runtime, train_one_epoch
+from trainables.models import build_model
+
+MODES = ("none", "cached", "online")
+CAM_MODE = {"none": "cached", "cached": "cached", "online": "online"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", default="tiny", help="tiny (CPU) or paper (GPU)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=24, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_trial_config(
+            None,
+            {
+                "data.cache_dir": tmp,
+                "data.image_size": args.image_size,
+                "data.synthetic.per_centre": 24,
+                "data.synthetic.size": "160x128",
+                "classifier.arch": "resnet18",
+                "classifier.epochs": 1,
+                "train.batch_size": args.batch_size,
+                "held_out_centre": 6,
+            },
+        )
+        _, data = prepare_data(cfg.data)
+        split = leave_one_centre_out(data.centres, data.patients, 6)
+        runtime = Runtime.from_config(cfg.train)
+        fold, _ = prepare_fold(data, split, cfg.classifier, runtime, f"{tmp}/folds")
+        classifier = fold.load_classifier(runtime.device)
+        n = args.steps * args.batch_size
+        rows = split.train[:n]
+        cams = np.asarray(fold.cams)[:n]
+        for arch in ("unet", "deeplabv3plus"):
+            model = runtime.prepare_model(build_model(arch, variant=args.variant))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+            loaders = {
+                mode: DataLoader(
+                    SegmentationDataset(
+                        data,
+                        rows,
+                        build_train_transform(cfg.train.augment, seed=0),
+                        centre_labels=fold.centre_labels,
+                        cams=cams if mode == "cached" else None,
+                    ),
+                    batch_size=args.batch_size,
+                )
+                for mode in MODES
+            }
+
+            def step_time(mode: str, model=model, optimizer=optimizer, loaders=loaders) -> float:
+                masking = cfg.masking.model_copy(
+                    update={"p": 0.0 if mode == "none" else 0.5, "cam_mode": CAM_MODE[mode]}
+                )
+                occluder = Occluder(
+                    masking,
+                    generator=torch.Generator(runtime.device).manual_seed(0),
+                    classifier=classifier,
+                    target_layer=classifier.target_layer,
+                )
+                start = time.perf_counter()
+                train_one_epoch(model, loaders[mode], optimizer, runtime, occluder=occluder)
+                return (time.perf_counter() - start) / args.steps
+
+            step_time("none")  # warm-up
+            # Interleave the variants so drift on a shared machine hits them alike; take the min.
+            times = {m: [] for m in MODES}
+            for _ in range(args.repeats):
+                for mode in times:
+                    times[mode].append(step_time(mode))
+            base = min(times["none"])
+            extra = {
+                "arch": arch,
+                "variant": args.variant,
+                "image_size": args.image_size,
+                "batch": args.batch_size,
+            }
+            emit(f"step_overhead.{arch}.no_masking", base * 1000, "ms/step", **extra)
+            for mode in ("cached", "online"):
+                value = min(times[mode])
+                emit(
+                    f"step_overhead.{arch}.{mode}_cam",
+                    value * 1000,
+                    "ms/step",
+                    baseline=base * 1000,
+                    overhead_pct=round(100 * (value / base - 1), 2),
+                    **extra,
+                )
+
+
+if __name__ == "__main__":
+    main()

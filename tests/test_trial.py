@@ -1,0 +1,218 @@
+"""One trial end to end without Ray: fold preparation, training with masking, resume, results."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from trainables.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from trainables.classifier import FoldLeakError, prepare_fold, train_centre_classifier
+from trainables.config import ConfigError, TrialConfig, load_trial_config
+from trainables.data.cache import load_or_build
+from trainables.data.polypgen import index_polypgen
+from trainables.data.splits import FoldSplit, leave_one_centre_out
+from trainables.engine import Runtime
+from trainables.trial import PER_IMAGE_FILE, run_segmentation
+
+HELD_OUT = 3
+
+
+@pytest.fixture(scope="module")
+def data(synth_root, tmp_path_factory):
+    decoded, _ = load_or_build(index_polypgen(synth_root), 32, tmp_path_factory.mktemp("cache"))
+    return decoded
+
+
+@pytest.fixture(scope="module")
+def split(data):
+    return leave_one_centre_out(data.centres, data.patients, HELD_OUT, seed=0)
+
+
+TINY = {
+    "held_out_centre": HELD_OUT,
+    "data.image_size": 32,
+    "model.arch": "unet",
+    "model.variant": "tiny",
+    "classifier.arch": "resnet18",
+    "classifier.epochs": 1,
+    "classifier.batch_size": 8,
+    "masking.p": 0.5,
+    "train.epochs": 1,
+    "train.batch_size": 4,
+    "train.lr": 1e-3,
+}
+
+
+def tiny_config(**overrides) -> TrialConfig:
+    """The tiny trial, with ``section__key=value`` overrides."""
+    return load_trial_config(
+        None, {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    )
+
+
+@pytest.fixture(scope="module")
+def fold(data, split, tmp_path_factory):
+    cfg = tiny_config()
+    artefacts, reused = prepare_fold(
+        data,
+        split,
+        cfg.classifier,
+        Runtime.from_config(cfg.train),
+        tmp_path_factory.mktemp("folds"),
+    )
+    assert not reused
+    return artefacts
+
+
+def test_fold_artefacts_cover_training_split_and_are_reused(data, split, fold):
+    assert fold.held_out == HELD_OUT and HELD_OUT not in fold.centre_labels
+    assert sorted(fold.centre_labels.values()) == list(range(5))
+    np.testing.assert_array_equal(fold.train_indices, split.train)
+    assert fold.cams.shape == (len(split.train), 32, 32)
+    assert fold.cams.dtype == np.float16 and 0 <= fold.cams.min() and fold.cams.max() <= 1
+    assert {"train_accuracy", "val_accuracy"} <= set(fold.metrics)
+    cfg = tiny_config()
+    again, reused = prepare_fold(
+        data, split, cfg.classifier, Runtime.from_config(cfg.train), fold.path.parent
+    )
+    assert reused and again.path == fold.path
+    other_cfg = tiny_config(classifier__seed=1)
+    _, reused = prepare_fold(
+        data, split, other_cfg.classifier, Runtime.from_config(cfg.train), fold.path.parent
+    )
+    assert not reused  # a different classifier config is a different fold artefact
+
+
+def test_classifier_refuses_a_split_containing_the_held_out_centre(data, split):
+    leaky = FoldSplit(
+        held_out=HELD_OUT,
+        seed=0,
+        train=np.concatenate([split.train, split.test_out[:1]]),
+        val=split.val,
+        test_in=split.test_in,
+        test_out=split.test_out[1:],
+    )
+    cfg = tiny_config()
+    with pytest.raises(FoldLeakError, match="held-out centre C3"):
+        train_centre_classifier(data, leaky, cfg.classifier, Runtime.from_config(cfg.train))
+
+
+@pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "sdnet"])
+def test_one_epoch_trial_per_architecture(arch, data, split, fold, tmp_path):
+    cfg = tiny_config(model__arch=arch)
+    reports = []
+    result = run_segmentation(
+        cfg, data, split, fold, tmp_path, report=lambda m, c: reports.append((m, c))
+    )
+    m = result.metrics
+    for key in ("val/dice", "test_in/dice", "test_out/dice", "test_out/recall", "test_out/iou"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert m["best/epoch"] == 1 and np.isfinite(m["train/loss"])
+    assert 0 <= m["train/masked_fraction"] <= 1
+    if arch == "sdnet":
+        assert {"train/recon_loss", "train/kl_loss", "train/latent_loss"} <= set(m)
+    per_image = np.load(tmp_path / PER_IMAGE_FILE)
+    assert len(per_image["test_out/dice"]) == len(split.test_out)
+    assert set(data.centres[per_image["test_out/index"]]) == {HELD_OUT}
+    # The final report carries the test metrics and the checkpoint.
+    assert reports[-1][0]["test_out/dice"] == m["test_out/dice"] and reports[-1][1] is not None
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["metrics"]["test_out/dice"] == pytest.approx(m["test_out/dice"])
+    assert results["fold"]["key"] == fold.key
+    # The resolved config written next to the result runs as-is.
+    assert load_trial_config(tmp_path / "config.yaml") == cfg
+    assert (tmp_path / "split.csv").read_text().count("test_out") == len(split.test_out)
+
+
+def test_masked_fraction_follows_p(data, split, fold, tmp_path):
+    for p, lo, hi in ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):
+        cfg = tiny_config(masking__p=p)
+        result = run_segmentation(cfg, data, split, fold if p else None, tmp_path / str(p))
+        assert lo <= result.metrics["train/masked_fraction"] <= hi
+
+
+def test_online_cam_mode_runs(data, split, fold, tmp_path):
+    cfg = tiny_config(masking__cam_mode="online", masking__cam_target="true")
+    result = run_segmentation(cfg, data, split, fold, tmp_path)
+    assert 0.2 <= result.metrics["train/masked_fraction"] <= 0.8
+
+
+def test_resumed_trial_matches_an_uninterrupted_one(data, split, fold, tmp_path):
+    cfg2 = tiny_config(train__epochs=2, train__checkpoint_every=1)
+    straight = run_segmentation(cfg2, data, split, fold, tmp_path / "straight")
+    cfg1 = tiny_config(train__epochs=1)
+    run_segmentation(cfg1, data, split, fold, tmp_path / "first")
+    resumed = run_segmentation(
+        cfg2, data, split, fold, tmp_path / "resumed", resume_dir=tmp_path / "first" / "checkpoint"
+    )
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    for a, b in zip(straight.history, resumed.history):
+        assert a["val/dice"] == pytest.approx(b["val/dice"], abs=1e-6)
+        assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-6)
+    assert straight.metrics["test_out/dice"] == pytest.approx(resumed.metrics["test_out/dice"])
+
+
+def test_checkpoint_round_trip_and_corruption_detected(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_checkpoint(path, {"epoch": 3, "w": torch.arange(4)})
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["w"], torch.arange(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temp files left
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_config_errors_list_every_problem(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"arch": "resnet", "colour": 1},
+                "masking": {"p": 1.5, "threshold": 0},
+                "train": {"epochs": "many"},
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_trial_config(path)
+    text = str(err.value)
+    assert "5 problem(s)" in text
+    assert (
+        "model.arch: Value error, unknown architecture 'resnet'; valid: unet, deeplabv3plus, sdnet"
+        in text
+    )
+    assert "model.colour: Extra inputs are not permitted" in text
+    assert "masking.p:" in text and "(got 1.5)" in text
+    assert "masking.threshold:" in text and "train.epochs:" in text
+
+
+def test_cli_train_runs_a_trial(tmp_path, capsys):
+    from sweeps.cli import main
+
+    cache = tmp_path / "cache"
+    argv = [
+        "train", "--arch", "unet", "--variant", "tiny", "--held-out", "2", "--p", "0.5",
+        "--epochs", "1", "--image-size", "32", "--out", str(tmp_path / "trial"),
+        "--set", f"data.cache_dir={cache}", "--set", "data.synthetic.per_centre=16",
+        "--set", "data.synthetic.size=48x48", "--set", "classifier.arch=resnet18",
+        "--set", "classifier.epochs=1",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "centre classifier (trained" in out and "test_out" in out
+    assert main(argv) == 0
+    assert "centre classifier (reused" in capsys.readouterr().out
+    assert main(["train", "--set", "masking.p=2"]) == 2
+    assert "masking.p" in capsys.readouterr().err
+    few = [*argv[:-4], "--set", "data.synthetic.per_centre=3", "--out", str(tmp_path / "few")]
+    assert main(few) == 2
+    captured = capsys.readouterr()
+    assert "empty train or validation split" in captured.err
+    assert "centre classifier" not in captured.out  # refused before any training
