@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/camsweep synth --out demo-data --scale 0.05 --size 320x256 --seed 0 --overwrite
 	$(BIN)/camsweep data check demo-data
-	$(BIN)/camsweep train --config examples/demo-trial.yaml --out demo-results/trial --fold-cache demo-results/folds
-	$(BIN)/camsweep cams --config examples/demo-trial.yaml --out demo-results/cams.png --fold-cache demo-results/folds
+	$(BIN)/camsweep run sweeps/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

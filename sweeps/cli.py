@@ -141,6 +141,76 @@ def _cmd_cams(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_gpus(address: str | None) -> int | None:
+    """GPUs to check a spec against before Ray starts (a cluster's are checked after connecting)."""
+    if address:
+        return None
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _load(args: argparse.Namespace, path: str):
+    from sweeps.spec import load_spec, read_spec_yaml, smoke
+
+    raw = read_spec_yaml(path)
+    if getattr(args, "smoke", False):
+        raw = smoke(raw)
+    if getattr(args, "storage", None):
+        raw.setdefault("storage", {})["path"] = args.storage
+    return load_spec(
+        path,
+        local_gpus=_local_gpus(getattr(args, "address", None)),
+        raw=raw,
+        environment=not getattr(args, "file_only", False),
+    )
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from search_spaces.grouping import expand_groups
+
+    for path in args.specs:
+        spec = _load(args, path)
+        groups = len(expand_groups(spec.axes))
+        trials = groups * spec.search.num_samples
+        print(
+            f"{path}: ok — {groups} group(s) × {spec.search.num_samples} sample(s) = {trials} "
+            f"trial(s), {spec.search.algorithm} search, {spec.scheduler.name} scheduler"
+        )
+    return 0
+
+
+def _print_status(run_dir: Path) -> None:
+    from sweeps.spec import load_spec
+    from sweeps.status import format_status, read_run
+
+    spec = load_spec(run_dir / "camsweep-spec.yaml")
+    print(format_status(read_run(run_dir), [a.name for a in spec.axes if not a.form == "constant"]))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.launch import run_sweep
+
+    spec = _load(args, args.spec)
+    run_dir = run_sweep(spec, address=args.address)
+    _print_status(run_dir)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.launch import resume_sweep
+
+    run_dir = resume_sweep(Path(args.run_dir), address=args.address)
+    _print_status(run_dir)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    _print_status(Path(args.run_dir).expanduser())
+    return 0
+
+
 def format_final_metrics(metrics: dict[str, float]) -> str:
     from trainables.metrics import METRIC_NAMES
 
@@ -214,6 +284,32 @@ def build_parser() -> argparse.ArgumentParser:
     cams.add_argument("--threshold", type=float)
     cams.add_argument("--image-size", type=int)
     cams.set_defaults(func=_cmd_cams)
+
+    validate = sub.add_parser("validate", help="check sweep specs without running anything")
+    validate.add_argument("specs", nargs="+")
+    validate.add_argument("--smoke", action="store_true", help="validate the --smoke version")
+    validate.add_argument(
+        "--file-only",
+        action="store_true",
+        help="check the file alone (schema, space), not this machine's data, storage or GPUs",
+    )
+    validate.set_defaults(func=_cmd_validate)
+
+    run = sub.add_parser("run", help="run a sweep on Ray Tune")
+    run.add_argument("spec")
+    run.add_argument("--address", help="Ray cluster: auto, ray://host:10001 (default: local)")
+    run.add_argument("--smoke", action="store_true", help="a few tiny trials of this spec")
+    run.add_argument("--storage", help="override storage.path")
+    run.set_defaults(func=_cmd_run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted sweep")
+    resume.add_argument("run_dir")
+    resume.add_argument("--address")
+    resume.set_defaults(func=_cmd_resume)
+
+    status = sub.add_parser("status", help="trials of a run: state, epoch, Dice")
+    status.add_argument("run_dir")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 

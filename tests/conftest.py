@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from pathlib import Path  # noqa: E402
 
@@ -44,3 +45,23 @@ def write_frame(root: Path, centre: int, stem: str, size=(32, 32), mask_size=Non
         mask[mh // 4 : mh // 2, mw // 4 : mw // 2] = 255
     Image.fromarray(mask).save(masks / f"{stem}_mask.jpg")
     return images / f"{stem}.jpg", masks / f"{stem}_mask.jpg"
+
+
+@pytest.fixture
+def local_ray():
+    """The small local Ray shared by every test that needs one (started on first use)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False)
+    yield ray
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

@@ -154,6 +154,14 @@ def test_resumed_trial_matches_an_uninterrupted_one(data, split, fold, tmp_path)
         assert a["val/dice"] == pytest.approx(b["val/dice"], abs=1e-6)
         assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-6)
     assert straight.metrics["test_out/dice"] == pytest.approx(resumed.metrics["test_out/dice"])
+    # Resuming from a *final* checkpoint hands back the stored results without any work.
+    again = run_segmentation(
+        cfg2, data, split, fold, tmp_path / "again", resume_dir=tmp_path / "straight" / "checkpoint"
+    )
+    assert again.metrics == straight.metrics
+    assert (tmp_path / "again" / "results.json").read_text() == (
+        tmp_path / "straight" / "results.json"
+    ).read_text()
 
 
 def test_checkpoint_round_trip_and_corruption_detected(tmp_path):

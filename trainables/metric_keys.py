@@ -11,6 +11,7 @@ EPOCH = "epoch"
 TRAIN_LOSS = "train/loss"
 TRAIN_MASKED_FRACTION = "train/masked_fraction"
 TRAIN_IMAGES_PER_S = "train/images_per_s"
+TRAIN_EPOCH_SECONDS = "time/train_epoch_s"  # the training steps of one epoch (no validation)
 VAL_LOSS = "val/loss"
 VAL_DICE = "val/dice"
 BEST_VAL_DICE = "best/val_dice"

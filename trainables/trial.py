@@ -10,6 +10,7 @@ written to the trial folder (resolved config, split CSV, per-image metrics, resu
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ def run_segmentation(
     *,
     report: Reporter | None = None,
     resume_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> TrialResult:
     """Trains and tests one segmentation model.
 
@@ -103,6 +106,8 @@ def run_segmentation(
         report: called after every epoch with the metrics and, on checkpoint epochs, the
             checkpoint folder.
         resume_dir: a checkpoint folder written by an earlier run of this trial.
+        checkpoint_dir: where checkpoints are written (default ``out_dir / "checkpoint"``).
+        provenance: extra facts recorded in results.json (e.g. the Ray trial and node ids).
     """
     if split.held_out != cfg.held_out_centre:
         raise ValueError(f"split is for C{split.held_out}, config for C{cfg.held_out_centre}")
@@ -110,8 +115,17 @@ def run_segmentation(
     if needs_fold(cfg) and fold is None:
         raise ValueError(f"masking.p = {cfg.masking.p} needs the fold's CAMs and classifier")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoint"
+    ckpt_dir = checkpoint_dir or out_dir / "checkpoint"
     _write_provenance(cfg, data, split, out_dir)
+    stored = _finished_results(resume_dir, cfg)
+    if stored is not None:
+        # The trial had finished (its final checkpoint carries the results) but the driver died
+        # before recording it: hand back the stored results instead of evaluating again.
+        for name in (RESULTS_FILE, PER_IMAGE_FILE):
+            shutil.copyfile(resume_dir / name, out_dir / name)
+        if report is not None:
+            report(stored["metrics"], None)
+        return TrialResult(stored["metrics"], stored["history"], out_dir)
     runtime = Runtime.from_config(cfg.train)
     seed_everything(cfg.seed)
     model = runtime.prepare_model(
@@ -187,6 +201,7 @@ def run_segmentation(
             K.TRAIN_LOSS: stats.loss,
             K.TRAIN_MASKED_FRACTION: stats.masked_fraction,
             K.TRAIN_IMAGES_PER_S: stats.images / max(stats.seconds, 1e-9),
+            K.TRAIN_EPOCH_SECONDS: stats.seconds,
             K.VAL_LOSS: val.loss,
             **{K.train_part_key(k): v for k, v in stats.parts.items()},
             **K.split_metrics("val", val.mean),
@@ -224,11 +239,23 @@ def run_segmentation(
         "history": history,
         "dataset_hash": data.dataset_hash,
         "fold": None if fold is None else {"key": fold.key, "classifier": fold.metrics},
+        "provenance": provenance or {},
     }
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    # The final checkpoint carries the results, so a resumed sweep never re-runs a finished trial.
+    for name in (RESULTS_FILE, PER_IMAGE_FILE):
+        shutil.copyfile(out_dir / name, ckpt_dir / name)
     if report is not None:
         report(final, ckpt_dir)
     return TrialResult(final, history, out_dir)
+
+
+def _finished_results(resume_dir: Path | None, cfg: TrialConfig) -> dict[str, Any] | None:
+    """The stored results of a finished trial with this exact config, if the checkpoint has them."""
+    if resume_dir is None or not (resume_dir / RESULTS_FILE).exists():
+        return None
+    stored = json.loads((resume_dir / RESULTS_FILE).read_text())
+    return stored if stored["config"] == cfg.to_dict() else None
 
 
 def _test_best(

@@ -1,0 +1,260 @@
+"""Starting, resuming and watching sweeps — the only place that builds a Tuner.
+
+Life of a sweep (DESIGN §3): validate the spec → ``ray.init`` (embedded local Ray, or a cluster
+with ``address``) → decode the dataset once and put it in the object store → prepare every fold
+that needs the centre classifier, one Ray task per fold, in parallel, cached under the storage
+path → Tune → results under ``<storage>/<name>-<timestamp>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import yaml
+from ray import tune
+
+from search_spaces.axes import AXES
+from search_spaces.build import build_search
+from sweeps.spec import SpecError, SweepSpec, load_spec
+from sweeps.tracking import SweepSummary
+from trainables.classifier import prepare_fold
+from trainables.data.cache import DecodedData
+from trainables.data.source import prepare_data
+from trainables.data.splits import leave_one_centre_out
+from trainables.engine import Runtime
+from trainables.segmentation import resolve_trial_config, train_segmentation
+
+SPEC_FILE = "camsweep-spec.yaml"
+FOLDS_FILE = "camsweep-folds.json"
+METRIC_MODE = "max"
+
+
+# --- Ray ------------------------------------------------------------------------------------------
+
+
+def init_ray(spec: SweepSpec, address: str | None) -> None:
+    """Connects to a cluster, or starts a small embedded one (localhost only, no dashboard)."""
+    # Frequent small checkpoints make Tune warn about experiment snapshots; they are cheap here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=spec.ray.num_cpus,
+            object_store_memory=spec.ray.object_store_mb << 20,
+            include_dashboard=spec.ray.dashboard,
+            dashboard_host="127.0.0.1",
+        )
+
+
+def cluster_problems(spec: SweepSpec, address: str | None) -> list[str]:
+    """Checks the spec against the cluster it will run on (GPUs, shared storage)."""
+    problems = []
+    resources = ray.cluster_resources()
+    if spec.resources.gpu > 0 and resources.get("GPU", 0) == 0:
+        problems.append(
+            f"resources.gpu {spec.resources.gpu}: the Ray cluster has no GPU — set "
+            "resources.gpu: 0 or add GPU workers"
+        )
+    if spec.resources.cpu > resources.get("CPU", 0):
+        problems.append(
+            f"resources.cpu {spec.resources.cpu}: more than the cluster's {resources.get('CPU', 0)} CPUs"
+        )
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if address and len(alive) > 1 and "://" not in spec.storage.path:
+        # A local path is only "shared" if every node mounts the same filesystem there; we cannot
+        # verify that, so say what is required instead of losing checkpoints silently.
+        print(
+            f"note: {len(alive)} nodes and a local storage.path {spec.storage.path!r}: it must be a "
+            "shared filesystem (NFS) mounted at the same path on every node, or use an s3:// / gs:// URI"
+        )
+    return problems
+
+
+# --- data and folds ---------------------------------------------------------------------------------
+
+
+def _in_memory(data: DecodedData) -> DecodedData:
+    # The cache is memory-mapped; the object store needs real arrays (then shares them zero-copy).
+    return dataclasses.replace(
+        data,
+        images=np.ascontiguousarray(data.images),
+        masks=np.ascontiguousarray(data.masks),
+        overlays=None if data.overlays is None else np.ascontiguousarray(data.overlays),
+    )
+
+
+def fold_cache_root(spec: SweepSpec) -> Path:
+    root = spec.storage_root()
+    if "://" in root:  # remote storage: keep the fold cache on the node's disk
+        return Path("~/.cache/camsweep/folds").expanduser()
+    return Path(root) / "folds"
+
+
+def _prepare_fold_remote(data: DecodedData, spec_dict: dict[str, Any], held_out: int):
+    spec = SweepSpec.model_validate(spec_dict)
+    cfg = spec.trial_config({"held_out_centre": held_out})
+    split = leave_one_centre_out(data.centres, data.patients, held_out, seed=cfg.data.split_seed)
+    fold, reused = prepare_fold(
+        data,
+        split,
+        cfg.classifier,
+        Runtime.from_config(cfg.train),
+        fold_cache_root(spec),
+        cam_target=cfg.masking.cam_target,
+    )
+    # Materialise the CAMs: the artefact travels through the object store to every trial.
+    return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused
+
+
+def folds_needed(spec: SweepSpec) -> list[int]:
+    """Held-out centres of the trials that mask (p > 0 anywhere on the p axis)."""
+    axes = {a.name: a for a in spec.axes}
+    centres = (
+        axes["held_out_centre"].values
+        if "held_out_centre" in axes
+        else (spec.trial_config({}).held_out_centre,)
+    )
+    p_axis = axes.get("p")
+    p_values = p_axis.values if p_axis is not None else (spec.masking.p,)
+    # A sampled p (uniform/loguniform) can be > 0; grid/choice/constant are checked per value.
+    masks = (
+        p_axis is not None
+        and p_axis.form in ("uniform", "loguniform")
+        or any(v > 0 for v in p_values)
+    )
+    return sorted(centres) if masks else []
+
+
+def prepare_folds(spec: SweepSpec, data_ref) -> tuple[dict[int, Any], dict[str, Any]]:
+    """One Ray task per fold, in parallel; returns object refs of the artefacts and a summary."""
+    task = ray.remote(_prepare_fold_remote).options(
+        num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, num_returns=2
+    )
+    spec_dict = spec.model_dump(mode="json")
+    pending = {k: task.remote(data_ref, spec_dict, k) for k in folds_needed(spec)}
+    start = time.perf_counter()
+    summary: dict[str, Any] = {"trained": [], "reused": []}
+    folds = {}
+    for k, (fold_ref, reused_ref) in pending.items():
+        reused = ray.get(reused_ref)
+        folds[k] = fold_ref
+        summary["reused" if reused else "trained"].append(k)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return folds, summary
+
+
+# --- Tune -------------------------------------------------------------------------------------------
+
+
+def build_tuner(
+    spec: SweepSpec, run_dir: Path, data_ref, folds: dict[int, Any], *, restore: bool = False
+) -> tune.Tuner:
+    setup = build_search(
+        spec.axes,
+        algorithm=spec.search.algorithm,
+        num_samples=spec.search.num_samples,
+        seed=spec.search.seed,
+        metric=spec.search.metric,
+        mode=METRIC_MODE,
+        scheduler=spec.scheduler.name,
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+        max_t=spec.train.epochs,
+        optuna_storage=spec.search.storage,
+        study_name=spec.name,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_segmentation,
+            base=spec.base_trial(),
+            axes={a.name: a.key for a in spec.axes},
+            data=data_ref,
+            folds=folds,
+        ),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    if restore:
+        return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=setup.param_space,
+        tune_config=tune.TuneConfig(
+            metric=spec.search.metric,
+            mode=METRIC_MODE,
+            search_alg=setup.search_alg,
+            scheduler=setup.scheduler,
+            num_samples=setup.num_samples,
+            max_concurrent_trials=spec.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            failure_config=tune.FailureConfig(max_failures=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
+            callbacks=[SweepSummary(setup.grid_axes, spec.search.metric)],
+            verbose=1,
+        ),
+    )
+
+
+def _write_run_files(spec: SweepSpec, run_dir: Path, folds_summary: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    (run_dir / FOLDS_FILE).write_text(json.dumps(folds_summary, indent=2))
+
+
+def _start(spec: SweepSpec, address: str | None):
+    init_ray(spec, address)
+    problems = cluster_problems(spec, address)
+    if problems:
+        raise SpecError("cluster", problems)
+    _, data = prepare_data(spec.data)
+    data_ref = ray.put(_in_memory(data))
+    folds, summary = prepare_folds(spec, data_ref)
+    print(
+        f"folds: {len(summary['trained'])} prepared {summary['trained']}, "
+        f"{len(summary['reused'])} reused {summary['reused']} ({summary['seconds']} s)"
+    )
+    return data_ref, folds, summary
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
+    """Runs a validated sweep to completion; returns its run folder."""
+    root = spec.storage_root()
+    if "://" in root:
+        raise SpecError("storage.path", ["remote URIs are not supported by this version yet"])
+    run_dir = Path(root) / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    data_ref, folds, summary = _start(spec, address)
+    _write_run_files(spec, run_dir, summary)
+    print(f"sweep {spec.name}: {run_dir}")
+    build_tuner(spec, run_dir, data_ref, folds).fit()
+    return run_dir
+
+
+def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
+    """Continues an interrupted sweep: finished trials stay finished, others resume from their
+    last checkpoint, errored ones are retried."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    spec_path = run_dir / SPEC_FILE
+    if not spec_path.exists():
+        raise SpecError(str(run_dir), [f"not a camsweep run folder ({SPEC_FILE} missing)"])
+    spec = load_spec(spec_path)
+    data_ref, folds, _ = _start(spec, address)
+    build_tuner(spec, run_dir, data_ref, folds, restore=True).fit()
+    return run_dir
+
+
+def trial_config_of(run_dir: Path, params: dict[str, Any]):
+    """The full trial config of one trial of a run (for status and export)."""
+    spec = load_spec(run_dir / SPEC_FILE)
+    return resolve_trial_config(spec.base_trial(), AXES, params)

@@ -1,0 +1,272 @@
+"""SweepSpec: the strict, typed model of a sweep YAML.
+
+A spec is the trial config's sections (data, model, classifier, masking, train — the values every
+trial shares) plus the search space, search algorithm, scheduler, resources, tracking and storage.
+:func:`load_spec` reports *every* problem at once — unknown keys, wrong types, values out of range,
+unknown architectures, held-out centres the data lacks, GPUs that are not there, an unwritable
+storage path — before any Ray process starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from search_spaces.axes import AXES, Axis, parse_axis
+from trainables.config import (
+    ClassifierConfig,
+    DataConfig,
+    MaskingConfig,
+    ModelConfig,
+    Strict,
+    TrainConfig,
+    TrialConfig,
+    format_validation_error,
+    set_by_path,
+)
+from trainables.data.polypgen import scan_polypgen
+from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
+
+SELECTION_METRICS = ("val/dice", "val/iou", "val/recall", "val/precision", "val/accuracy")
+
+
+class SearchConfig(Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="trials per group (grid: repeats per point)")
+    seed: int = 0
+    metric: str = "val/dice"
+    storage: str | None = Field(None, description="Optuna RDB URL, e.g. sqlite:///optuna.db")
+
+
+class SchedulerConfig(Strict):
+    name: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(10, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class ResourcesConfig(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0, description="fractions pack several trials on one GPU")
+
+
+class WandbConfig(Strict):
+    project: str = "camsweep"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+class TrackingConfig(Strict):
+    wandb: WandbConfig = WandbConfig()
+
+
+class StorageConfig(Strict):
+    path: str = Field("~/camsweep-results", description="local path, NFS mount or s3:// URI")
+
+
+class RayConfig(Strict):
+    """Settings of the embedded local Ray (ignored with --address)."""
+
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_mb: int = Field(512, ge=64)
+    dashboard: bool = False
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    masking: MaskingConfig = MaskingConfig()
+    train: TrainConfig = TrainConfig()
+    space: dict[str, Any] = Field(default_factory=dict)
+    search: SearchConfig = SearchConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+    tracking: TrackingConfig = TrackingConfig()
+    storage: StorageConfig = StorageConfig()
+    ray: RayConfig = RayConfig()
+
+    @property
+    def axes(self) -> list[Axis]:
+        return [parse_axis(name, raw)[0] for name, raw in self.space.items()]
+
+    def base_trial(self) -> dict[str, Any]:
+        """The trial config shared by every trial, before the axes are applied."""
+        sections = ("data", "model", "classifier", "masking", "train")
+        return {s: getattr(self, s).model_dump(mode="json") for s in sections}
+
+    def trial_config(self, axis_values: dict[str, Any]) -> TrialConfig:
+        """The full trial config for one point of the space (axis name → value)."""
+        raw = self.base_trial()
+        for name, value in axis_values.items():
+            set_by_path(raw, AXES[name], value)
+        return TrialConfig.model_validate(raw)
+
+    def storage_root(self) -> str:
+        path = self.storage.path
+        return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+class SpecError(ValueError):
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        body = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{body}")
+
+
+def data_centres(data: DataConfig) -> tuple[list[int], list[str]]:
+    """Centres the configured dataset has (by indexing names only), and any problems."""
+    if data.source == "synthetic":
+        return sorted(POLYPGEN_CENTRE_SIZES), []
+    if data.root is None and data.manifest is None:
+        return [], ["data.root: required for source 'polypgen' (or give data.manifest)"]
+    root = data.root or Path(data.manifest).parent
+    manifest, problems = scan_polypgen(
+        root, manifest=data.manifest, patient_pattern=data.patient_pattern
+    )
+    return manifest.centres, [f"data: {p}" for p in problems]
+
+
+def _axis_problems(spec: SweepSpec) -> list[str]:
+    problems: list[str] = []
+    axes: list[Axis] = []
+    for name, raw in spec.space.items():
+        axis, errs = parse_axis(name, raw)
+        problems += errs
+        if axis is not None:
+            axes.append(axis)
+    for axis in axes:
+        for value in axis.values:
+            try:
+                spec.trial_config({axis.name: value})
+            except ValidationError as exc:
+                for err in exc.errors():
+                    problems.append(f"space.{axis.name}: {value!r}: {err['msg']}")
+    if spec.search.algorithm == "optuna" and not any(a.is_sampled for a in axes):
+        problems.append(
+            "search.algorithm optuna: the space has no sampled axis (choice/uniform/loguniform)"
+        )
+    if spec.search.metric not in SELECTION_METRICS:
+        problems.append(
+            f"search.metric {spec.search.metric!r}: valid: {', '.join(SELECTION_METRICS)}"
+        )
+    return problems
+
+
+def _storage_problems(spec: SweepSpec) -> list[str]:
+    if "://" in spec.storage.path:
+        return []  # remote filesystems are checked by Ray when the Tuner starts
+    path = Path(spec.storage_root())
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return [f"storage.path {spec.storage.path!r}: {probe} is a file, not a folder"]
+    if not os.access(probe, os.W_OK):
+        return [f"storage.path {spec.storage.path!r}: {probe} is not writable"]
+    return []
+
+
+def spec_problems(
+    spec: SweepSpec, *, local_gpus: int | None = None, environment: bool = True
+) -> list[str]:
+    """Problems beyond the schema: axes, and — with ``environment`` — the data's centres, the
+    storage path and GPUs (``local_gpus`` None skips the GPU check, e.g. for a cluster)."""
+    problems = _axis_problems(spec)
+    if not environment:
+        return problems
+    centres, data_problems = data_centres(spec.data)
+    problems += data_problems
+    held_out = next((a for a in spec.axes if a and a.name == "held_out_centre"), None)
+    wanted = list(held_out.values) if held_out else [TrialConfig().held_out_centre]
+    if centres:
+        for c in wanted:
+            if c not in centres:
+                problems.append(
+                    f"space.held_out_centre: centre {c} is not in the data (centres: {centres})"
+                )
+    problems += _storage_problems(spec)
+    if local_gpus is not None and spec.resources.gpu > 0 and local_gpus == 0:
+        problems.append(
+            f"resources.gpu {spec.resources.gpu}: no GPU on this machine — set resources.gpu: 0, "
+            "or run on a cluster with GPUs (--address)"
+        )
+    return problems
+
+
+def read_spec_yaml(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(str(path), ["file does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [f"not valid YAML ({exc})"]) from None
+    if not isinstance(raw, dict):
+        raise SpecError(str(path), ["expected a mapping at the top level"])
+    return raw
+
+
+def load_spec(
+    path: Path | str,
+    *,
+    local_gpus: int | None = None,
+    raw: dict[str, Any] | None = None,
+    environment: bool = True,
+) -> SweepSpec:
+    """Reads and fully validates a sweep spec; raises :class:`SpecError` listing every problem.
+
+    ``environment=False`` checks only what is in the file (schema and space), not the data,
+    storage or GPUs of this machine — for specs meant for another machine or cluster.
+    """
+    raw = read_spec_yaml(path) if raw is None else raw
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        schema = format_validation_error(exc, str(path)).splitlines()[1:]
+        problems = [line.strip().removeprefix("- ") for line in schema]
+        # The axis checks still run on a copy without the broken sections, so the user sees
+        # space problems in the same report.
+        broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        partial = {k: v for k, v in raw.items() if k not in broken or k == "name"}
+        partial.setdefault("name", "unnamed")
+        try:
+            problems += _axis_problems(SweepSpec.model_validate(partial))
+        except ValidationError:
+            pass
+        raise SpecError(str(path), problems) from None
+    problems = spec_problems(spec, local_gpus=local_gpus, environment=environment)
+    if problems:
+        raise SpecError(str(path), problems)
+    return spec
+
+
+def smoke(raw: dict[str, Any]) -> dict[str, Any]:
+    """Shrinks any spec to a few tiny trials (Ray's ``--smoke-test`` idea): 32 px, tiny models,
+    one epoch, at most two values per grid axis, one sample per group, CPU only."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
+    raw["name"] = f"{raw.get('name', 'sweep')}-smoke"
+    data = raw.setdefault("data", {})
+    data["image_size"] = 32
+    if data.get("source", "synthetic") == "synthetic":
+        data["synthetic"] = {**data.get("synthetic", {}), "per_centre": 16, "size": "64x64"}
+        data["synthetic"].pop("scale", None)
+    raw["model"] = {**raw.get("model", {}), "variant": "tiny", "encoder_name": None}
+    raw["model"]["encoder_weights"] = None
+    raw["classifier"] = {**raw.get("classifier", {}), "arch": "resnet18", "epochs": 1}
+    raw["classifier"]["weights"] = None
+    raw["train"] = {**raw.get("train", {}), "epochs": 1, "batch_size": 4, "device": "cpu"}
+    for axis in raw.get("space", {}).values():
+        if isinstance(axis, dict) and isinstance(axis.get("grid"), list):
+            axis["grid"] = axis["grid"][:2]
+    raw["search"] = {**raw.get("search", {}), "num_samples": 1}
+    raw["scheduler"] = {**raw.get("scheduler", {}), "grace_period": 1}
+    raw["resources"] = {"cpu": 1, "gpu": 0}
+    raw["ray"] = {**raw.get("ray", {}), "object_store_mb": 256}
+    return raw

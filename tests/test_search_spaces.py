@@ -1,0 +1,149 @@
+"""Grouped search: each (architecture, fold) group has its own study and its own ASHA brackets."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from search_spaces.axes import parse_axis
+from search_spaces.build import build_search
+from search_spaces.grouping import expand_groups, group_key, group_label
+
+
+def axes(**space):
+    parsed = [parse_axis(name, raw) for name, raw in space.items()]
+    assert all(not errs for _, errs in parsed), parsed
+    return [a for a, _ in parsed]
+
+
+def test_groups_are_the_grid_product():
+    ax = axes(arch={"grid": ["unet", "sdnet"]}, held_out_centre={"grid": [1, 2, 3]}, p=0.5)
+    groups = expand_groups(ax)
+    assert len(groups) == 6 and {"arch": "sdnet", "held_out_centre": 3} in groups
+    key = group_key({"arch": "unet", "held_out_centre": 2, "p": 0.3}, ["arch", "held_out_centre"])
+    assert group_label(key) == "unet/C2"
+    assert expand_groups(axes(p={"uniform": [0, 1]})) == [{}]
+
+
+def _optuna_setup(num_samples=3, seed=0):
+    return build_search(
+        axes(arch={"grid": ["unet", "sdnet"]}, p={"uniform": [0.0, 1.0]}, threshold=0.5),
+        algorithm="optuna",
+        num_samples=num_samples,
+        seed=seed,
+        metric="val/dice",
+    )
+
+
+def test_grouped_optuna_gives_each_group_its_own_study():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = _optuna_setup()
+    searcher = setup.search_alg
+    assert setup.num_samples == 6  # num_samples is per group
+    suggestions = {f"t{i}": searcher.suggest(f"t{i}") for i in range(6)}
+    assert searcher.suggest("t6") == Searcher.FINISHED
+    by_arch = {}
+    for tid, cfg in suggestions.items():
+        assert cfg["threshold"] == 0.5 and 0.0 <= cfg["p"] <= 1.0
+        by_arch.setdefault(cfg["arch"], []).append(tid)
+    assert {k: len(v) for k, v in by_arch.items()} == {"unet": 3, "sdnet": 3}
+    for tid in by_arch["unet"]:
+        searcher.on_trial_complete(tid, {"val/dice": 0.9, "epoch": 1})
+    studies = {label: s._ot_study for label, s in zip(searcher.labels, searcher.searchers)}
+    done = {
+        label: sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        for label, study in studies.items()
+    }
+    assert done == {"unet": 3, "sdnet": 0}  # results never reach the other group's study
+    # Seeded: the same sweep suggests the same points.
+    again = _optuna_setup().search_alg
+    assert [again.suggest(f"t{i}")["p"] for i in range(6)] == [
+        suggestions[f"t{i}"]["p"] for i in range(6)
+    ]
+
+
+def test_grouped_searcher_save_restore(tmp_path):
+    searcher = _optuna_setup().search_alg
+    first = [searcher.suggest(f"t{i}") for i in range(2)]
+    path = tmp_path / "searcher.pkl"
+    searcher.save(str(path))
+    restored = _optuna_setup(seed=99).search_alg
+    restored.restore(str(path))
+    assert restored.suggested == searcher.suggested
+    assert [searcher.suggest(f"t{i}") for i in (2, 3)] == [
+        restored.suggest(f"t{i}") for i in (2, 3)
+    ]
+    assert first[0]["arch"] != first[1]["arch"]  # round-robin over groups
+
+
+class FakeTrial:
+    def __init__(self, trial_id, config):
+        self.trial_id, self.config = trial_id, config
+
+
+def _feed(scheduler, trials_and_values):
+    decisions = {}
+    for trial, value in trials_and_values:
+        scheduler.on_trial_add(None, trial)
+        decisions[trial.trial_id] = scheduler.on_trial_result(
+            None, trial, {"epoch": 1, "val/dice": value}
+        )
+    return decisions
+
+
+def _trials():
+    easy = [FakeTrial(f"a{i}", {"held_out_centre": 1, "p": i / 10}) for i in range(3)]
+    hard = FakeTrial("b0", {"held_out_centre": 4, "p": 0.5})
+    weak_easy = FakeTrial("a9", {"held_out_centre": 1, "p": 0.9})
+    return [(easy[0], 0.90), (easy[1], 0.80), (easy[2], 0.85), (hard, 0.10), (weak_easy, 0.10)]
+
+
+def test_grouped_asha_never_compares_across_groups():
+    setup = build_search(
+        axes(held_out_centre={"grid": [1, 4]}, p={"uniform": [0, 1]}),
+        algorithm="random",
+        num_samples=4,
+        seed=0,
+        metric="val/dice",
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=2,
+        max_t=4,
+    )
+    setup.scheduler.set_search_properties("val/dice", "max")
+    decisions = _feed(setup.scheduler, _trials())
+    # The hard fold's trial scores far below the easy fold's, but only competes with its own fold.
+    assert decisions["b0"] == TrialScheduler.CONTINUE
+    # Pruning still works inside a group.
+    assert decisions["a9"] == TrialScheduler.STOP
+    assert set(setup.scheduler.children) == {(("held_out_centre", 1),), (("held_out_centre", 4),)}
+
+
+def test_a_shared_asha_would_have_stopped_the_hard_fold():
+    # The control for the test above: one ASHA over all trials stops the hard fold's trial.
+    shared = ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2)
+    shared.set_search_properties("val/dice", "max")
+    assert _feed(shared, _trials())["b0"] == TrialScheduler.STOP
+
+
+def test_grid_search_repeats_each_point_num_samples_times():
+    setup = build_search(
+        axes(
+            arch={"grid": ["unet", "sdnet"]}, seed={"grid": [0, 1]}, lr={"loguniform": [1e-5, 1e-3]}
+        ),
+        algorithm="grid",
+        num_samples=2,
+        seed=0,
+        metric="val/dice",
+    )
+    assert setup.num_samples == 2 and len(setup.groups) == 4
+    assert setup.param_space["arch"] == {"grid_search": ["unet", "sdnet"]}
+
+
+@pytest.mark.parametrize("bad", [{"algorithm": "bayes"}, {"scheduler": "pbt"}])
+def test_unknown_algorithm_or_scheduler(bad):
+    kwargs = {"algorithm": "grid", "num_samples": 1, "seed": 0, "metric": "val/dice", **bad}
+    with pytest.raises(ValueError, match="valid"):
+        build_search(axes(p=0.5), **kwargs)

@@ -1,0 +1,148 @@
+"""Sweep specs: shipped sweeps validate, malformed ones are rejected with every problem named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.cli import main
+from sweeps.spec import SpecError, load_spec, smoke
+
+ROOT = Path(__file__).parents[1]
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def test_shipped_sweeps_exist():
+    assert {p.name for p in SWEEPS} >= {"demo.yaml", "paper-table1.yaml", "tpe.yaml"}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_validates(path):
+    spec = load_spec(path, environment=False)
+    assert spec.name == path.stem
+    # and its smoke version validates on this machine (synthetic data, CPU only)
+    raw = smoke(yaml.safe_load(path.read_text()))
+    if raw["data"].get("source") == "synthetic":
+        load_spec(path, raw=raw, local_gpus=0)
+
+
+def test_demo_spec_validates_fully_on_a_cpu_machine(tmp_path):
+    raw = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
+    raw["storage"]["path"] = str(tmp_path)
+    spec = load_spec("demo.yaml", raw=raw, local_gpus=0)
+    assert {a.name for a in spec.axes} == {"arch", "held_out_centre", "p"}
+
+
+def test_paper_grid_matches_table1():
+    spec = load_spec(ROOT / "sweeps" / "paper-table1.yaml", environment=False)
+    axes = {a.name: a for a in spec.axes}
+    assert axes["arch"].values == ("unet", "deeplabv3plus", "sdnet")
+    assert axes["held_out_centre"].values == (1, 2, 3, 4, 5, 6)
+    assert axes["p"].values == (0.0, 0.4, 0.5, 0.6)
+    assert (spec.train.epochs, spec.train.batch_size, spec.train.lr) == (300, 4, 1e-5)
+    assert (spec.data.image_size, spec.classifier.epochs, spec.classifier.arch) == (
+        256,
+        10,
+        "resnet50",
+    )
+    assert spec.resources.gpu > 0
+
+
+def _spec(tmp_path, **changes):
+    raw = {
+        "name": "t",
+        "space": {"arch": {"grid": ["unet"]}, "held_out_centre": {"grid": [1]}},
+        "storage": {"path": str(tmp_path / "out")},
+    }
+    raw.update(changes)
+    return raw
+
+
+def _problems(tmp_path, **changes) -> str:
+    with pytest.raises(SpecError) as err:
+        load_spec("t.yaml", raw=_spec(tmp_path, **changes), local_gpus=0)
+    return str(err.value)
+
+
+def test_malformed_specs_report_every_problem_at_once(tmp_path):
+    text = _problems(
+        tmp_path,
+        colour="red",
+        train={"epochs": "many"},
+        space={
+            "arch": {"grid": ["unet", "resnet"]},
+            "held_out_centre": {"grid": [1, 9]},
+            "p": {"grid": [0.0, 1.5]},
+            "threshold": 0.0,
+            "lr": {"grid": []},
+            "depth": 3,
+        },
+    )
+    for expected in (
+        "colour: Extra inputs are not permitted",
+        "train.epochs:",
+        "space.arch: 'resnet': Value error, unknown architecture 'resnet'",
+        "space.p: 1.5:",
+        "space.threshold: 0.0:",
+        "space.lr.grid: must be a non-empty list",
+        "space.depth: unknown axis",
+    ):
+        assert expected in text, expected
+
+
+def test_environment_problems(tmp_path):
+    text = _problems(
+        tmp_path,
+        space={"held_out_centre": {"grid": [2, 7]}},
+        resources={"gpu": 0.25},
+        data={"source": "polypgen", "root": str(tmp_path / "nowhere")},
+    )
+    assert "resources.gpu 0.25: no GPU on this machine" in text
+    assert "data root does not exist" in text
+    text = _problems(tmp_path, space={"held_out_centre": {"grid": [2, 7]}})
+    assert (
+        "space.held_out_centre: centre 7 is not in the data (centres: [1, 2, 3, 4, 5, 6])" in text
+    )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    text = _problems(tmp_path, storage={"path": str(blocker / "results")})
+    assert f"{blocker} is a file, not a folder" in text
+
+
+def test_optuna_needs_a_sampled_axis_and_forms_are_checked(tmp_path):
+    text = _problems(tmp_path, search={"algorithm": "optuna"})
+    assert "the space has no sampled axis" in text
+    text = _problems(
+        tmp_path, space={"p": {"uniform": [0.8, 0.2]}, "lr": {"loguniform": [0, 1]}, "seed": [1, 2]}
+    )
+    assert "space.p.uniform: low 0.8 must be below high 0.2" in text
+    assert "space.lr.loguniform: bounds must be positive" in text
+    assert "space.seed: a list needs a form" in text
+
+
+def test_validate_cli(tmp_path, capsys):
+    assert main(["validate", "--file-only", *map(str, SWEEPS)]) == 0
+    out = capsys.readouterr().out
+    assert "paper-table1.yaml: ok — 72 group(s) × 1 sample(s) = 72 trial(s)" in out
+    assert "tpe.yaml: ok — 18 group(s) × 20 sample(s) = 360 trial(s), optuna search, asha" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nspace: {p: {grid: [2]}}\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "space.p: 2:" in err and "Traceback" not in err
+
+
+def test_cluster_yaml_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    workers = config["available_node_types"]["gpu_worker"]
+    assert workers["min_workers"] == 0 and config["available_node_types"]["head"]["resources"] == {
+        "CPU": 0
+    }
+    text = (ROOT / "cluster.yaml").read_text().lower()
+    for secret in ("aws_access_key", "aws_secret", "token", "password", "wandb_api_key"):
+        assert secret not in text

@@ -1,0 +1,137 @@
+"""End-to-end sweeps on Ray Tune: local, resumed after a driver crash, and on two nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.launch import resume_sweep, run_sweep
+from sweeps.spec import load_spec
+from sweeps.status import format_status, read_run
+
+pytestmark = pytest.mark.slow
+CAMSWEEP = Path(sys.executable).parent / "camsweep"
+
+
+def tiny_spec(tmp_path: Path, **changes) -> dict:
+    raw = {
+        "name": "tiny",
+        "data": {
+            "image_size": 32,
+            "cache_dir": str(tmp_path / "cache"),
+            "synthetic": {"per_centre": 16, "size": "64x64"},
+        },
+        "model": {"variant": "tiny"},
+        "classifier": {"arch": "resnet18", "epochs": 1, "batch_size": 8},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
+        "space": {
+            "arch": {"grid": ["unet"]},
+            "held_out_centre": {"grid": [2, 6]},
+            "p": {"grid": [0.0, 0.5]},
+        },
+        "resources": {"cpu": 1, "gpu": 0},
+        "tracking": {"wandb": {"mode": "disabled"}},
+        "storage": {"path": str(tmp_path / "results")},
+    }
+    raw.update(changes)
+    return raw
+
+
+def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(tmp_path, local_ray):
+    raw = tiny_spec(tmp_path)
+    spec = load_spec("tiny.yaml", raw=raw, local_gpus=0)
+    run_dir = run_sweep(spec)
+    trials = read_run(run_dir)
+    assert len(trials) == 4 and all(t.finished for t in trials), format_status(trials, ["p"])
+    folds = json.loads((run_dir / "camsweep-folds.json").read_text())
+    assert folds["trained"] == [2, 6] and folds["reused"] == []
+    for t in trials:
+        for name in ("results.json", "per_image.npz", "config.yaml", "split.csv"):
+            assert (t.path / name).exists(), (t.path, name)
+        assert 0 <= t.final["test_out/dice"] <= 1
+        results = json.loads((t.path / "results.json").read_text())
+        assert results["config"]["held_out_centre"] == t.config["held_out_centre"]
+        assert results["config"]["masking"]["p"] == t.config["p"]
+        assert (results["fold"] is None) == (t.config["p"] == 0.0)
+    table = format_status(trials, ["held_out_centre", "p"])
+    assert "4 terminated" in table
+    # A second sweep over the same data and folds reuses the classifiers and CAMs.
+    raw["name"] = "tiny-again"
+    again = run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
+    folds = json.loads((again / "camsweep-folds.json").read_text())
+    assert folds == {**folds, "trained": [], "reused": [2, 6]}
+    assert len(list((tmp_path / "results" / "folds").iterdir())) == 2
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, local_ray):
+    raw = tiny_spec(tmp_path, max_concurrent_trials=1)
+    raw["train"]["epochs"] = 2
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    # Ray's socket paths must stay short (< 108 bytes): pytest's tmp_path is too deep for them.
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    driver = subprocess.Popen(
+        [CAMSWEEP, "run", spec_path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # its own process group: the kill takes its Ray with it
+    )
+    results = tmp_path / "results"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            if len(list(results.glob("tiny-*/*/results.json"))) >= 1:
+                break
+            time.sleep(0.5)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    done_before = {p.parent.name: p.read_text() for p in results.glob("tiny-*/*/results.json")}
+    assert 1 <= len(done_before) < 4, done_before
+    (run_dir,) = results.glob("tiny-*")
+    resume_sweep(run_dir)
+    trials = read_run(run_dir)
+    assert len(trials) == 4 and all(t.finished for t in trials), format_status(trials, ["p"])
+    for name, text in done_before.items():
+        # Identical results, timings included: the finished trial was not trained or tested again.
+        assert (run_dir / name / "results.json").read_text() == text
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # this test brings its own multi-node cluster
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 128 << 20},
+    )
+    cluster.add_node(num_cpus=1, object_store_memory=128 << 20)
+    try:
+        ray.init(address=cluster.address)
+        spec = load_spec("tiny.yaml", raw=tiny_spec(tmp_path), local_gpus=None)
+        run_dir = run_sweep(spec, address=cluster.address)
+        trials = read_run(run_dir)
+        assert all(t.finished for t in trials)
+        nodes = {
+            json.loads((t.path / "results.json").read_text())["provenance"]["ray_node_id"]
+            for t in trials
+        }
+        assert len(nodes) == 2, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
