@@ -211,6 +211,32 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sweeps.export import export_run
+
+    report = export_run(
+        Path(args.run_dir).expanduser(),
+        metric=args.metric,
+        oracle=args.oracle,
+        out=args.out,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+    print(report.format())
+    return 0
+
+
+def _cmd_wandb_sync(args: argparse.Namespace) -> int:
+    from sweeps.tracking import sync_offline_runs
+
+    dirs = sync_offline_runs(Path(args.run_dir).expanduser(), dry_run=args.dry_run)
+    verb = "would sync" if args.dry_run else "synced"
+    print(f"{verb} {len(dirs)} offline W&B run folder(s) of {args.run_dir}")
+    for d in dirs:
+        print(f"  {d}")
+    return 0
+
+
 def format_final_metrics(metrics: dict[str, float]) -> str:
     from trainables.metrics import METRIC_NAMES
 
@@ -310,6 +336,30 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="trials of a run: state, epoch, Dice")
     status.add_argument("run_dir")
     status.set_defaults(func=_cmd_status)
+
+    export = sub.add_parser(
+        "export", help="best configs, paper-style tables with bootstrap CIs, plots, cost"
+    )
+    export.add_argument("run_dir")
+    export.add_argument(
+        "--metric", help="validation metric that selects settings (default val/dice)"
+    )
+    export.add_argument(
+        "--oracle",
+        action="store_true",
+        help="select by test_out/dice as the paper did (leaks the test set; labelled as such)",
+    )
+    export.add_argument(
+        "--out", help="output folder (default RUN_DIR/export, RUN_DIR/export-oracle with --oracle)"
+    )
+    export.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples per CI")
+    export.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    export.set_defaults(func=_cmd_export)
+
+    sync = sub.add_parser("wandb-sync", help="upload a sweep's offline W&B runs")
+    sync.add_argument("run_dir")
+    sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
+    sync.set_defaults(func=_cmd_wandb_sync)
     return parser
 
 

@@ -23,7 +23,7 @@ from ray import tune
 from search_spaces.axes import AXES
 from search_spaces.build import build_search
 from sweeps.spec import SpecError, SweepSpec, load_spec
-from sweeps.tracking import SweepSummary
+from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
 from trainables.classifier import prepare_fold
 from trainables.data.cache import DecodedData
 from trainables.data.source import prepare_data
@@ -100,18 +100,23 @@ def fold_cache_root(spec: SweepSpec) -> Path:
     return Path(root) / "folds"
 
 
-def _prepare_fold_remote(data: DecodedData, spec_dict: dict[str, Any], held_out: int):
+def _prepare_fold_remote(
+    data: DecodedData, spec_dict: dict[str, Any], held_out: int, wandb: dict[str, Any]
+):
     spec = SweepSpec.model_validate(spec_dict)
     cfg = spec.trial_config({"held_out_centre": held_out})
     split = leave_one_centre_out(data.centres, data.patients, held_out, seed=cfg.data.split_seed)
+    runtime = Runtime.from_config(cfg.train)
     fold, reused = prepare_fold(
         data,
         split,
         cfg.classifier,
-        Runtime.from_config(cfg.train),
+        runtime,
         fold_cache_root(spec),
         cam_target=cfg.masking.cam_target,
     )
+    if not reused:
+        log_fold_run(wandb, data, split, fold, runtime, threshold=cfg.masking.threshold)
     # Materialise the CAMs: the artefact travels through the object store to every trial.
     return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused
 
@@ -135,13 +140,16 @@ def folds_needed(spec: SweepSpec) -> list[int]:
     return sorted(centres) if masks else []
 
 
-def prepare_folds(spec: SweepSpec, data_ref) -> tuple[dict[int, Any], dict[str, Any]]:
+def prepare_folds(
+    spec: SweepSpec, data_ref, run_dir: Path
+) -> tuple[dict[int, Any], dict[str, Any]]:
     """One Ray task per fold, in parallel; returns object refs of the artefacts and a summary."""
     task = ray.remote(_prepare_fold_remote).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, num_returns=2
     )
     spec_dict = spec.model_dump(mode="json")
-    pending = {k: task.remote(data_ref, spec_dict, k) for k in folds_needed(spec)}
+    settings = wandb_settings(spec, run_dir)
+    pending = {k: task.remote(data_ref, spec_dict, k, settings) for k in folds_needed(spec)}
     start = time.perf_counter()
     summary: dict[str, Any] = {"trained": [], "reused": []}
     folds = {}
@@ -180,6 +188,7 @@ def build_tuner(
             axes={a.name: a.key for a in spec.axes},
             data=data_ref,
             folds=folds,
+            wandb_settings=wandb_settings(spec, run_dir),
         ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
@@ -213,14 +222,14 @@ def _write_run_files(spec: SweepSpec, run_dir: Path, folds_summary: dict[str, An
     (run_dir / FOLDS_FILE).write_text(json.dumps(folds_summary, indent=2))
 
 
-def _start(spec: SweepSpec, address: str | None):
+def _start(spec: SweepSpec, address: str | None, run_dir: Path):
     init_ray(spec, address)
     problems = cluster_problems(spec, address)
     if problems:
         raise SpecError("cluster", problems)
     _, data = prepare_data(spec.data)
     data_ref = ray.put(_in_memory(data))
-    folds, summary = prepare_folds(spec, data_ref)
+    folds, summary = prepare_folds(spec, data_ref, run_dir)
     print(
         f"folds: {len(summary['trained'])} prepared {summary['trained']}, "
         f"{len(summary['reused'])} reused {summary['reused']} ({summary['seconds']} s)"
@@ -234,7 +243,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
     if "://" in root:
         raise SpecError("storage.path", ["remote URIs are not supported by this version yet"])
     run_dir = Path(root) / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data_ref, folds, summary = _start(spec, address)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data_ref, folds, summary = _start(spec, address, run_dir)
     _write_run_files(spec, run_dir, summary)
     print(f"sweep {spec.name}: {run_dir}")
     build_tuner(spec, run_dir, data_ref, folds).fit()
@@ -249,7 +259,7 @@ def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
     if not spec_path.exists():
         raise SpecError(str(run_dir), [f"not a camsweep run folder ({SPEC_FILE} missing)"])
     spec = load_spec(spec_path)
-    data_ref, folds, _ = _start(spec, address)
+    data_ref, folds, _ = _start(spec, address, run_dir)
     build_tuner(spec, run_dir, data_ref, folds, restore=True).fit()
     return run_dir
 

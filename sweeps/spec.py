@@ -20,6 +20,7 @@ from search_spaces.axes import AXES, Axis, parse_axis
 from trainables.config import (
     ClassifierConfig,
     DataConfig,
+    FaultConfig,
     MaskingConfig,
     ModelConfig,
     Strict,
@@ -56,7 +57,12 @@ class ResourcesConfig(Strict):
 class WandbConfig(Strict):
     project: str = "camsweep"
     entity: str | None = None
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online with WANDB_API_KEY, offline otherwise"
+    )
+    init_timeout_s: float = Field(
+        30.0, gt=0, description="online: give up (and log offline) after this long"
+    )
 
 
 class TrackingConfig(Strict):
@@ -82,6 +88,7 @@ class SweepSpec(Strict):
     classifier: ClassifierConfig = ClassifierConfig()
     masking: MaskingConfig = MaskingConfig()
     train: TrainConfig = TrainConfig()
+    fault: FaultConfig = Field(FaultConfig(), description="reliability tests only; inert")
     space: dict[str, Any] = Field(default_factory=dict)
     search: SearchConfig = SearchConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -98,7 +105,7 @@ class SweepSpec(Strict):
 
     def base_trial(self) -> dict[str, Any]:
         """The trial config shared by every trial, before the axes are applied."""
-        sections = ("data", "model", "classifier", "masking", "train")
+        sections = ("data", "model", "classifier", "masking", "train", "fault")
         return {s: getattr(self, s).model_dump(mode="json") for s in sections}
 
     def trial_config(self, axis_values: dict[str, Any]) -> TrialConfig:

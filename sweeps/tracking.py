@@ -1,9 +1,16 @@
-"""Watching a sweep: the one-line progress summary (W&B tracking joins it here)."""
+"""Watching a sweep: the one-line progress summary, and W&B — run ids, modes, offline runs kept
+with the results, ``wandb sync``, reading offline run files back, and redaction of secrets."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from ray import tune
 
@@ -56,3 +63,165 @@ class SweepSummary(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         print(self.line(trials), flush=True)
+
+
+# --- W&B ----------------------------------------------------------------------------------------
+
+WANDB_DIR = "wandb"  # under the sweep's run folder: offline runs live with the results
+SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` → online when an API key is configured, offline otherwise."""
+    if mode != "auto":
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def redact(tree: Any) -> Any:
+    """A copy with every value under a secret-looking key replaced (keys named *key*, *token*…)."""
+    if isinstance(tree, dict):
+        return {
+            k: "<redacted>" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)
+            for k, v in tree.items()
+        }
+    if isinstance(tree, list):
+        return [redact(v) for v in tree]
+    return tree
+
+
+def wandb_settings(spec, run_dir: Path) -> dict[str, Any]:
+    """What a trial needs to open its W&B run: plain data, sent to the workers."""
+    w = spec.tracking.wandb
+    return {
+        "mode": resolve_mode(w.mode),
+        "project": w.project,
+        "entity": w.entity,
+        "group": run_dir.name,
+        "dir": str(run_dir),
+        "init_timeout_s": w.init_timeout_s,
+    }
+
+
+def offline_run_dirs(run_dir: Path) -> list[Path]:
+    return sorted((Path(run_dir) / WANDB_DIR).glob("offline-run-*"))
+
+
+def sync_offline_runs(run_dir: Path, *, dry_run: bool = False) -> list[Path]:
+    """Uploads the sweep's offline W&B runs with ``wandb sync`` (needs WANDB_API_KEY or login)."""
+    dirs = offline_run_dirs(run_dir)
+    if dirs and not dry_run:
+        wandb_cli = Path(sys.executable).parent / "wandb"
+        subprocess.run([str(wandb_cli), "sync", *map(str, dirs)], check=True)
+    return dirs
+
+
+# The offline run file (run-<id>.wandb) is W&B's LevelDB-style log: a 7-byte header
+# (":W&B", magic 0xBEE1, version 0), then 32 KiB blocks of chunks, each with a 7-byte header
+# (CRC32C, little-endian length, type: 1 full, 2 first, 3 middle, 4 last). Reassembled chunks are
+# protobuf `Record`s (wandb.proto.wandb_internal_pb2). wandb ≥ 0.19 ships no Python reader.
+_BLOCK, _HEADER = 32768, 7
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, pending = _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _HEADER:  # block trailer padding
+            pos += left_in_block
+            continue
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            yield pending
+            pending = b""
+
+
+def read_wandb_run(path: Path) -> dict[str, Any]:
+    """Run id, group, job type, tags, config and metric history of an offline run file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    info: dict[str, Any] = {"history": [], "config": {}}
+    for raw in _records(path):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+            info.update(run_id=run.run_id, group=run.run_group, job_type=run.job_type)
+            info["tags"] = list(run.tags)
+            for item in run.config.update:
+                info["config"][item.key] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in record.config.update:
+                info["config"][item.key] = json.loads(item.value_json)
+        elif kind == "history":
+            info["history"].append(
+                {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
+    return info
+
+
+def _guarded_run(settings: dict[str, Any], run_id: str, job_type: str, body) -> None:
+    """Opens a W&B run, calls ``body(run)``, finishes; any W&B failure is a warning only."""
+    if not settings or settings.get("mode") == "disabled":
+        return
+    try:
+        import wandb
+
+        run = wandb.init(
+            project=settings["project"],
+            entity=settings.get("entity"),
+            id=run_id,
+            resume="allow",
+            dir=settings["dir"],
+            group=settings["group"],
+            job_type=job_type,
+            mode=settings["mode"],
+            reinit="finish_previous",
+            settings=wandb.Settings(
+                init_timeout=settings.get("init_timeout_s", 30), console="off", silent=True
+            ),
+        )
+        try:
+            body(run)
+        finally:
+            run.finish()
+    except Exception as exc:  # noqa: BLE001 — tracking never fails the sweep
+        print(f"warning: W&B {job_type} run {run_id} not logged ({exc})", file=sys.stderr)
+
+
+def log_fold_run(settings, data, split, fold, runtime, *, threshold: float) -> None:
+    """The fold preparation's own run: classifier accuracy, CAM scores and the CAM figure."""
+
+    def body(run) -> None:
+        import tempfile
+
+        import wandb
+
+        from trainables.cam_report import cam_report
+
+        run.config.update(redact({"held_out_centre": split.held_out, "fold_key": fold.key}))
+        run.summary.update(fold.metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / "cams.png"
+            scores, _ = cam_report(data, split, fold, runtime, png, threshold=threshold)
+            run.log({"cams": wandb.Image(str(png))})
+        for s in scores:
+            run.summary[f"cam/C{s.centre}/precision"] = s.precision
+            run.summary[f"cam/C{s.centre}/iou"] = s.iou
+
+    _guarded_run(
+        settings, f"{settings.get('group', 'camsweep')}-fold-C{split.held_out}", "classifier", body
+    )

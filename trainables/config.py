@@ -102,6 +102,14 @@ class TrainConfig(Strict):
     augment: AugmentConfig = AugmentConfig()
 
 
+class FaultConfig(Strict):
+    """Fault injection for reliability tests; inert by default (all None)."""
+
+    raise_at_epoch: int | None = Field(None, ge=1, description="raise an error at this epoch")
+    nan_at_epoch: int | None = Field(None, ge=1, description="poison the weights: NaN loss")
+    once: bool = Field(True, description="fire only when not resuming from a checkpoint")
+
+
 class TrialConfig(Strict):
     """Everything one segmentation trial needs; written next to every result."""
 
@@ -112,6 +120,7 @@ class TrialConfig(Strict):
     classifier: ClassifierConfig = ClassifierConfig()
     masking: MaskingConfig = MaskingConfig()
     train: TrainConfig = TrainConfig()
+    fault: FaultConfig = FaultConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,4 +1,4 @@
-"""The Tune trainable of one segmentation trial (worker side).
+"""The Tune trainable of one segmentation trial (worker side), and its W&B run.
 
 Tune hands it the trial's axis values (``config``: arch, held_out_centre, p, …); the sweep's shared
 settings, the decoded dataset and the per-fold artefacts come through ``tune.with_parameters``,
@@ -7,11 +7,15 @@ so they sit in the object store once and every trial on a node reads them withou
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -19,7 +23,90 @@ from ray import tune
 from trainables.config import TrialConfig, set_by_path
 from trainables.data.cache import DecodedData
 from trainables.data.splits import leave_one_centre_out
-from trainables.trial import needs_fold, run_segmentation
+from trainables.engine import Runtime
+from trainables.examples import PANELS, example_strips
+from trainables.trial import PER_IMAGE_FILE, needs_fold, run_segmentation
+
+log = logging.getLogger("camsweep.trial")
+EXAMPLES_PER_SPLIT = 3
+
+
+class TrialLogger:
+    """The trial's W&B run. Every call is guarded: a W&B error or outage disables logging for
+    this trial (with a warning) and never fails or blocks it — Tune's own results are the
+    record. An online run that cannot start within ``init_timeout_s`` falls back to offline, so
+    its metrics are kept for a later ``camsweep wandb-sync``."""
+
+    def __init__(self, settings: dict[str, Any] | None, run_id: str, cfg: TrialConfig):
+        self.run = None
+        if not settings or settings.get("mode") == "disabled":
+            return
+        import wandb
+
+        kwargs = dict(
+            project=settings["project"],
+            entity=settings.get("entity"),
+            id=run_id,
+            resume="allow",
+            dir=settings["dir"],
+            group=settings["group"],
+            job_type=cfg.model.arch,
+            tags=[f"C{cfg.held_out_centre}", f"p={cfg.masking.p:g}"],
+            config=cfg.to_dict(),
+            reinit="finish_previous",
+        )
+        for mode in dict.fromkeys([settings["mode"], "offline"]):
+            try:
+                self.run = wandb.init(
+                    mode=mode,
+                    settings=wandb.Settings(
+                        init_timeout=settings.get("init_timeout_s", 30), console="off", silent=True
+                    ),
+                    **kwargs,
+                )
+                break
+            except Exception as exc:  # noqa: BLE001 — any W&B failure must leave the trial alone
+                log.warning("W&B %s run for %s failed to start (%s)", mode, run_id, exc)
+        if self.run is not None:
+            self._guard(self._define_metrics)
+
+    def _define_metrics(self) -> None:
+        self.run.define_metric("epoch")
+        self.run.define_metric("*", step_metric="epoch")
+        self.run.define_metric("val/dice", step_metric="epoch", summary="max")
+
+    def _guard(self, fn, *args) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B logging disabled for this trial: %s", exc)
+            self.run = None
+
+    def log(self, metrics: dict[str, float]) -> None:
+        self._guard(self.run.log if self.run else None, dict(metrics))
+
+    def log_final(self, metrics: dict[str, float], examples, per_image_table) -> None:
+        def final() -> None:
+            import wandb
+
+            for key, value in metrics.items():
+                if key.startswith(("test_in/", "test_out/", "best/")):
+                    self.run.summary[key] = value
+            images = [
+                wandb.Image(strip, caption=f"{caption} — " + " | ".join(PANELS))
+                for caption, strip in examples
+            ]
+            if images:
+                self.run.log({"examples": images, "epoch": metrics.get("epoch", 0)})
+            columns, rows = per_image_table
+            self.run.log({"per_image": wandb.Table(columns=columns, data=rows)})
+
+        self._guard(final)
+
+    def finish(self) -> None:
+        self._guard(self.run.finish if self.run else None)
 
 
 def resolve_trial_config(base: dict[str, Any], axes: dict[str, str], config: dict[str, Any]):
@@ -42,9 +129,13 @@ def train_segmentation(
     axes: dict[str, str],
     data: DecodedData,
     folds: dict[int, Any],
+    wandb_settings: dict[str, Any] | None = None,
 ) -> None:
     """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch."""
     cfg = resolve_trial_config(base, axes, config)
+    context = tune.get_context()
+    sweep = (wandb_settings or {}).get("group", "camsweep")
+    tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
     cpus = int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     torch.set_num_threads(max(1, cpus))
     split = leave_one_centre_out(
@@ -67,10 +158,11 @@ def train_segmentation(
             resume_dir = Path(checkpoint.to_directory(str(work / "resume")))
 
         def report(metrics: dict[str, float], ckpt_dir: Path | None) -> None:
+            tracker.log(metrics)
             ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
             tune.report(metrics, checkpoint=ckpt)
 
-        run_segmentation(
+        result = run_segmentation(
             cfg,
             data,
             split,
@@ -84,5 +176,47 @@ def train_segmentation(
                 "ray_node_id": ray.get_runtime_context().get_node_id(),
             },
         )
+        if tracker.run is not None and result.model is not None:
+            tracker.log_final(
+                result.metrics,
+                _examples(cfg, result.model, data, split, fold),
+                _per_image_table(trial_dir, data),
+            )
     finally:
+        tracker.finish()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def wandb_run_id(sweep: str, trial_id: str) -> str:
+    """Deterministic W&B run id of a trial: a retried or resumed trial continues its run."""
+    raw = f"{sweep}-{trial_id}"
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", raw)
+    # W&B caps ids; keep a readable prefix and a hash of the whole when too long.
+    return safe if len(safe) <= 64 else f"{safe[:50]}-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
+
+
+def _examples(cfg: TrialConfig, model, data: DecodedData, split, fold) -> list[tuple[str, Any]]:
+    runtime = Runtime.from_config(cfg.train)
+    out = []
+    for name in ("val", "test_out"):
+        rows = split.indices(name)[:EXAMPLES_PER_SPLIT]
+        if len(rows):
+            strips = example_strips(cfg, model, data, rows, runtime, fold)
+            out += [(f"{name} {data.names[i]}", s) for i, s in zip(rows, strips)]
+    return out
+
+
+def _per_image_table(trial_dir: Path, data: DecodedData) -> tuple[list[str], list[list]]:
+    arrays = np.load(trial_dir / PER_IMAGE_FILE)
+    metrics = ["dice", "iou", "recall", "precision", "accuracy"]
+    columns = ["split", "image", "centre", *metrics]
+    rows = []
+    for split in ("val", "test_in", "test_out"):
+        if f"{split}/index" not in arrays:
+            continue
+        for k, i in enumerate(arrays[f"{split}/index"]):
+            rows.append(
+                [split, data.names[i], int(data.centres[i])]
+                + [float(arrays[f"{split}/{m}"][k]) for m in metrics]
+            )
+    return columns, rows

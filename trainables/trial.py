@@ -32,7 +32,7 @@ from trainables.data.dataset import SegmentationDataset
 from trainables.data.source import prepare_data
 from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.engine import Occluder, Runtime, evaluate, seed_everything, train_one_epoch
-from trainables.models import build_model
+from trainables.models import SegmentationNet, build_model
 
 # report(metrics, checkpoint_dir or None) — Tune's `tune.report` in a sweep, a printer in the CLI.
 Reporter = Callable[[dict[str, float], Path | None], None]
@@ -55,6 +55,7 @@ class TrialResult:
     metrics: dict[str, float]
     history: list[dict[str, float]]
     out_dir: Path
+    model: SegmentationNet | None = None  # best-validation weights; None when results were stored
 
 
 def _loader(ds: SegmentationDataset, cfg: TrialConfig, **kw: Any) -> DataLoader:
@@ -194,6 +195,7 @@ def run_segmentation(
         )
         if occluder is not None:
             occluder.generator.manual_seed(seed)
+        _inject_fault(cfg, epoch, model, resumed=resume_dir is not None)
         stats = train_one_epoch(model, train_loader, optimizer, runtime, occluder=occluder)
         val = evaluate(model, eval_sets["val"], runtime)
         metrics = {
@@ -247,7 +249,20 @@ def run_segmentation(
         shutil.copyfile(out_dir / name, ckpt_dir / name)
     if report is not None:
         report(final, ckpt_dir)
-    return TrialResult(final, history, out_dir)
+    return TrialResult(final, history, out_dir, model)
+
+
+def _inject_fault(cfg: TrialConfig, epoch: int, model, resumed: bool) -> None:
+    """Test-only faults (``cfg.fault``); does nothing unless a fault epoch is set. ``once``:
+    only on a fresh start, so a retry that resumes from a checkpoint gets past it."""
+    fault = cfg.fault
+    if epoch not in (fault.raise_at_epoch, fault.nan_at_epoch) or (fault.once and resumed):
+        return
+    if epoch == fault.raise_at_epoch:
+        raise RuntimeError(f"injected fault at epoch {epoch}")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
 
 
 def _finished_results(resume_dir: Path | None, cfg: TrialConfig) -> dict[str, Any] | None:

@@ -1,0 +1,92 @@
+"""W&B tracking: offline runs kept with the results, one run per trial across retries, readable
+history; redaction and modes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from sweeps.launch import run_sweep
+from sweeps.spec import load_spec
+from sweeps.status import read_run
+from sweeps.tracking import offline_run_dirs, read_wandb_run, redact, resolve_mode
+from tests.test_sweep import tiny_spec
+from trainables.segmentation import wandb_run_id
+
+
+def test_run_ids_are_deterministic_and_safe():
+    assert wandb_run_id("demo-20261127-1", "ab12_00003") == "demo-20261127-1-ab12_00003"
+    assert wandb_run_id("x/y z", "t") == "x-y-z-t"
+    long = wandb_run_id("s" * 100, "t1")
+    assert len(long) <= 64 and long == wandb_run_id("s" * 100, "t1") != wandb_run_id("s" * 100, "t2")
+
+
+def test_auto_mode_follows_the_api_key(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert resolve_mode("auto") == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+    assert resolve_mode("disabled") == "disabled"
+
+
+def test_redact_removes_secret_looking_values():
+    tree = {"wandb": {"api_key": "abc", "project": "p"}, "token": 1, "runs": [{"password": "x"}]}
+    assert redact(tree) == {
+        "wandb": {"api_key": "<redacted>", "project": "p"},
+        "token": "<redacted>",
+        "runs": [{"password": "<redacted>"}],
+    }
+
+
+def test_offline_run_file_reads_back(tmp_path):
+    import wandb
+
+    run = wandb.init(
+        project="p", id="rid-1", dir=str(tmp_path), mode="offline", group="g", job_type="unet",
+        tags=["C1"], config={"masking": {"p": 0.5}}, settings=wandb.Settings(console="off"),
+    )  # fmt: skip
+    for epoch in (1, 2):
+        run.log({"epoch": epoch, "val/dice": epoch / 10})
+    run.finish()
+    (folder,) = offline_run_dirs(tmp_path)
+    info = read_wandb_run(next(folder.glob("run-*.wandb")))
+    assert (info["run_id"], info["group"], info["job_type"], info["tags"]) == (
+        "rid-1", "g", "unet", ["C1"],
+    )  # fmt: skip
+    assert info["config"]["masking"] == {"p": 0.5}
+    assert [(h["epoch"], h["val/dice"]) for h in info["history"]] == [(1, 0.1), (2, 0.2)]
+
+
+@pytest.mark.slow
+def test_sweep_logs_one_offline_run_per_trial_even_when_retried(tmp_path, local_ray, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    raw = tiny_spec(
+        tmp_path,
+        space={"arch": "unet", "held_out_centre": {"grid": [2]}, "p": {"grid": [0.0, 0.5]}},
+        # Every trial fails at epoch 2 once, then is retried from its epoch-1 checkpoint.
+        fault={"raise_at_epoch": 2, "once": True},
+    )
+    raw["train"].update(epochs=2, checkpoint_every=1)
+    raw["tracking"] = {"wandb": {"mode": "auto", "project": "camsweep-test"}}
+    run_dir = run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0))
+    trials = read_run(run_dir)
+    assert all(t.finished and t.failures == 1 for t in trials)
+    runs = defaultdict(list)
+    for folder in offline_run_dirs(run_dir):
+        info = read_wandb_run(next(folder.glob("run-*.wandb")))
+        runs[info["run_id"]].append(info)
+    trial_ids = {wandb_run_id(run_dir.name, t.trial_id): t for t in trials}
+    assert set(trial_ids) <= set(runs)  # every trial has its run, under its deterministic id
+    assert f"{run_dir.name}-fold-C2" in runs  # the fold preparation's run
+    for run_id, trial in trial_ids.items():
+        infos = runs[run_id]
+        assert len(infos) == 2  # first attempt + retry, both continuing the same run id
+        first = infos[0]
+        assert first["group"] == run_dir.name and first["job_type"] == "unet"
+        assert "C2" in first["tags"] and first["config"]["masking"]["p"] == trial.config["p"]
+        history = [h for info in infos for h in info["history"] if "val/dice" in h]
+        assert history and all(0 <= h["val/dice"] <= 1 for h in history)
+        logged = {k.split("/")[0] for info in infos for h in info["history"] for k in h}
+        assert {"examples", "per_image"} <= logged  # example strips and the per-image table
