@@ -84,7 +84,7 @@ def _trial_config(args: argparse.Namespace):
     for flag, key in TRAIN_FLAGS.items():
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
-    return load_trial_config(args.config, overrides)
+    return load_trial_config(args.config, overrides, entry=getattr(args, "entry", None))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -237,6 +237,19 @@ def _cmd_wandb_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from sweeps.dashboard import save_or_describe
+    from sweeps.spec import load_spec
+
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    spec = load_spec(run_dir / "camsweep-spec.yaml", environment=False)
+    w = spec.tracking.wandb
+    plan, outcome = save_or_describe(w.entity, w.project, run_dir.name)
+    print(plan.format())
+    print(outcome)
+    return 0
+
+
 def format_final_metrics(metrics: dict[str, float]) -> str:
     from trainables.metrics import METRIC_NAMES
 
@@ -283,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_data_check)
 
     train = sub.add_parser("train", help="run one trial without Ray")
-    train.add_argument("--config", help="trial config YAML (best_configs.yaml entries work too)")
+    train.add_argument("--config", help="trial config YAML, or export's best_configs.yaml")
+    train.add_argument("--entry", help="which config of a best_configs.yaml, e.g. unet/C1")
     train.add_argument("--out", help="trial folder (default runs/train/<arch>-C<k>-<digest>)")
     train.add_argument("--fold-cache", help="classifier/CAM cache (default: next to --out)")
     train.add_argument(
@@ -360,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("run_dir")
     sync.add_argument("--dry-run", action="store_true", help="list what would be uploaded")
     sync.set_defaults(func=_cmd_wandb_sync)
+
+    dashboard = sub.add_parser("dashboard", help="define the sweep's W&B workspace")
+    dashboard.add_argument("run_dir")
+    dashboard.set_defaults(func=_cmd_dashboard)
     return parser
 
 

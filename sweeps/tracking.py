@@ -149,7 +149,7 @@ def read_wandb_run(path: Path) -> dict[str, Any]:
     """Run id, group, job type, tags, config and metric history of an offline run file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    info: dict[str, Any] = {"history": [], "config": {}}
+    info: dict[str, Any] = {"history": [], "config": {}, "summary": {}}
     for raw in _records(path):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -163,6 +163,10 @@ def read_wandb_run(path: Path) -> dict[str, Any]:
         elif kind == "config":
             for item in record.config.update:
                 info["config"][item.key] = json.loads(item.value_json)
+        elif kind == "summary":
+            for item in record.summary.update:
+                key = item.key or "/".join(item.nested_key)
+                info["summary"][key] = json.loads(item.value_json)
         elif kind == "history":
             info["history"].append(
                 {

@@ -19,7 +19,9 @@ def test_run_ids_are_deterministic_and_safe():
     assert wandb_run_id("demo-20261127-1", "ab12_00003") == "demo-20261127-1-ab12_00003"
     assert wandb_run_id("x/y z", "t") == "x-y-z-t"
     long = wandb_run_id("s" * 100, "t1")
-    assert len(long) <= 64 and long == wandb_run_id("s" * 100, "t1") != wandb_run_id("s" * 100, "t2")
+    assert len(long) <= 64 and long == wandb_run_id("s" * 100, "t1") != wandb_run_id(
+        "s" * 100, "t2"
+    )
 
 
 def test_auto_mode_follows_the_api_key(monkeypatch):
@@ -90,3 +92,40 @@ def test_sweep_logs_one_offline_run_per_trial_even_when_retried(tmp_path, local_
         assert history and all(0 <= h["val/dice"] <= 1 for h in history)
         logged = {k.split("/")[0] for info in infos for h in info["history"] for k in h}
         assert {"examples", "per_image"} <= logged  # example strips and the per-image table
+    # Every dashboard panel refers to a key the runs really logged.
+    from sweeps.dashboard import build_workspace
+
+    known: set[str] = set()
+    for infos in runs.values():
+        for info in infos:
+            known |= set(_flatten(info["config"])) | set(info["summary"])
+            for h in info["history"]:
+                known |= set(h) | {k.split("/_")[0] for k in h}
+    _, plan = build_workspace("entity", "camsweep-test", run_dir.name)
+    for section, title, keys in plan.panels:
+        missing = [k for k in keys if k not in known]
+        assert not missing, f"[{section}] {title}: {missing} never logged"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "_wandb":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_dashboard_without_a_key_describes_the_workspace(tmp_path, monkeypatch, capsys):
+    from sweeps.cli import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run_dir = tmp_path / "demo-20261127-000000"
+    run_dir.mkdir()
+    (run_dir / "camsweep-spec.yaml").write_text("name: demo\n")
+    assert main(["dashboard", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "workspace 'camsweep demo-20261127-000000'" in out
+    assert "[Generalisation] p, threshold, learning rate → validation Dice: masking.p" in out
+    assert "not saved" in out

@@ -224,3 +224,16 @@ def test_cli_train_runs_a_trial(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "empty train or validation split" in captured.err
     assert "centre classifier" not in captured.out  # refused before any training
+
+
+def test_best_configs_file_entries(tmp_path):
+    cfg = tiny_config(model__arch="sdnet")
+    path = tmp_path / "best_configs.yaml"
+    path.write_text(
+        yaml.safe_dump({"selection": "val/dice", "configs": {"sdnet/C3": cfg.to_dict()}})
+    )
+    assert load_trial_config(path, entry="sdnet/C3") == cfg
+    with pytest.raises(ConfigError, match="choose one with --entry; entries: sdnet/C3"):
+        load_trial_config(path)
+    with pytest.raises(ConfigError, match="no entry 'unet/C1'"):
+        load_trial_config(path, entry="unet/C1")

@@ -154,9 +154,15 @@ def set_by_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_trial_config(
-    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    entry: str | None = None,
 ) -> TrialConfig:
-    """Reads a YAML trial config (or the defaults) and applies dotted-key overrides."""
+    """Reads a YAML trial config (or the defaults) and applies dotted-key overrides.
+
+    A file with a top-level ``configs`` mapping (``camsweep export``'s best_configs.yaml) holds
+    several configs: ``entry`` picks one (e.g. ``unet/C1``).
+    """
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -170,6 +176,15 @@ def load_trial_config(
             raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
+        if isinstance(raw.get("configs"), dict):
+            entries = list(raw["configs"])
+            if entry not in raw["configs"]:
+                hint = "choose one with --entry" if entry is None else f"no entry {entry!r}"
+                raise ConfigError(f"{path}: {hint}; entries: {', '.join(entries)}")
+            raw = raw["configs"][entry]
+            source = f"{path} [{entry}]"
+        elif entry is not None:
+            raise ConfigError(f"{path}: --entry {entry!r} given but the file holds one config")
     for key, value in (overrides or {}).items():
         set_by_path(raw, key, value)
     try:
