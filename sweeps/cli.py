@@ -195,6 +195,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run_dir = run_sweep(spec, address=args.address)
     _print_status(run_dir)
     print(f"run folder: {run_dir}")
+    if not args.no_export:
+        out = export(run_dir, n_boot=2000)
+        table = (out / "table.md").read_text().split("\n## ")
+        print("\n## " + table[1] if len(table) > 1 else table[0])
     return 0
 
 
@@ -212,18 +216,32 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sweeps.export import export_run
-
-    report = export_run(
+    export(
         Path(args.run_dir).expanduser(),
         metric=args.metric,
         oracle=args.oracle,
         out=args.out,
         n_boot=args.n_boot,
         seed=args.seed,
+        wandb=not args.no_wandb,
     )
-    print(report.format())
     return 0
+
+
+def export(run_dir: Path, *, wandb: bool = True, **kwargs) -> Path:
+    """Export files, the CAM figure and (unless disabled) the W&B summary run."""
+    from sweeps.export import export_cam_figure, export_run
+    from sweeps.spec import load_spec
+    from sweeps.tracking import log_summary_run, wandb_settings
+
+    report = export_run(run_dir, **kwargs)
+    print(report.format())
+    png, note = export_cam_figure(run_dir, report.out_dir)
+    print(f"{note}: {png}" if png else note)
+    if wandb:
+        spec = load_spec(run_dir / "camsweep-spec.yaml", environment=False)
+        log_summary_run(wandb_settings(spec, run_dir.resolve()), report.out_dir)
+    return report.out_dir
 
 
 def _cmd_wandb_sync(args: argparse.Namespace) -> int:
@@ -340,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster: auto, ray://host:10001 (default: local)")
     run.add_argument("--smoke", action="store_true", help="a few tiny trials of this spec")
     run.add_argument("--storage", help="override storage.path")
+    run.add_argument("--no-export", action="store_true", help="skip `camsweep export` at the end")
     run.set_defaults(func=_cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")
@@ -355,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="best configs, paper-style tables with bootstrap CIs, plots, cost"
     )
     export.add_argument("run_dir")
+    export.add_argument("--no-wandb", action="store_true", help="skip the W&B summary run")
     export.add_argument(
         "--metric", help="validation metric that selects settings (default val/dice)"
     )

@@ -93,13 +93,6 @@ def _in_memory(data: DecodedData) -> DecodedData:
     )
 
 
-def fold_cache_root(spec: SweepSpec) -> Path:
-    root = spec.storage_root()
-    if "://" in root:  # remote storage: keep the fold cache on the node's disk
-        return Path("~/.cache/camsweep/folds").expanduser()
-    return Path(root) / "folds"
-
-
 def _prepare_fold_remote(
     data: DecodedData, spec_dict: dict[str, Any], held_out: int, wandb: dict[str, Any]
 ):
@@ -112,7 +105,7 @@ def _prepare_fold_remote(
         split,
         cfg.classifier,
         runtime,
-        fold_cache_root(spec),
+        spec.fold_cache_root(),
         cam_target=cfg.masking.cam_target,
     )
     if not reused:

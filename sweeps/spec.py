@@ -119,6 +119,13 @@ class SweepSpec(Strict):
         path = self.storage.path
         return path if "://" in path else str(Path(path).expanduser().resolve())
 
+    def fold_cache_root(self) -> Path:
+        """Where fold artefacts are cached: shared by every sweep using the same storage."""
+        root = self.storage_root()
+        if "://" in root:  # remote storage: keep the fold cache on the node's disk
+            return Path("~/.cache/camsweep/folds").expanduser()
+        return Path(root) / "folds"
+
 
 class SpecError(ValueError):
     def __init__(self, source: str, problems: list[str]):

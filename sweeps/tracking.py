@@ -229,3 +229,27 @@ def log_fold_run(settings, data, split, fold, runtime, *, threshold: float) -> N
     _guarded_run(
         settings, f"{settings.get('group', 'camsweep')}-fold-C{split.held_out}", "classifier", body
     )
+
+
+def log_summary_run(settings: dict[str, Any], export_dir: Path) -> None:
+    """The sweep's summary run: results table, plots, and the exported files as an artefact."""
+
+    def body(run) -> None:
+        import csv
+
+        import wandb
+
+        table_csv = Path(export_dir) / "table.csv"
+        if table_csv.exists():
+            rows = list(csv.reader(table_csv.open()))
+            if rows:
+                run.log({"results": wandb.Table(columns=rows[0], data=rows[1:])})
+        for png in sorted(Path(export_dir).glob("*.png")):
+            run.log({png.stem: wandb.Image(str(png))})
+        artifact = wandb.Artifact(f"{settings['group']}-export", type="sweep-export")
+        for path in sorted(Path(export_dir).iterdir()):
+            if path.is_file():
+                artifact.add_file(str(path))
+        run.log_artifact(artifact)
+
+    _guarded_run(settings, f"{settings.get('group', 'camsweep')}-summary", "summary", body)

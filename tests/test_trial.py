@@ -237,3 +237,37 @@ def test_best_configs_file_entries(tmp_path):
         load_trial_config(path)
     with pytest.raises(ConfigError, match="no entry 'unet/C1'"):
         load_trial_config(path, entry="unet/C1")
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from trainables.checkpoint import first_loadable
+
+    old, new = tmp_path / "checkpoint_000001", tmp_path / "checkpoint_000002"
+    for folder in (old, new):
+        save_checkpoint(folder / "state.pt", {"epoch": int(folder.name[-1])})
+        save_checkpoint(folder / "best.pt", {"epoch": 1})
+    files = ("state.pt", "best.pt")
+    assert first_loadable([new, old], files) == new
+    (new / "best.pt").write_bytes(b"\x00" * 10)  # half-written
+    assert first_loadable([new, old], files) == old
+    (old / "state.pt").unlink()
+    assert first_loadable([new, old], files) is None
+
+
+def test_masking_really_occludes_pixels_at_64px(synth_root, tmp_path):
+    # At 32 px ResNet's layer4 is 1×1, so every CAM is constant (→ zeros) and masking is vacuous;
+    # at 64 px it is 2×2 and the binarised CAM covers part of each frame.
+    data, _ = load_or_build(index_polypgen(synth_root), 64, tmp_path / "cache")
+    split = leave_one_centre_out(data.centres, data.patients, HELD_OUT, seed=0)
+    cfg = tiny_config(**{"data__image_size": 64, "masking__p": 1.0})
+    fold, _ = prepare_fold(
+        data, split, cfg.classifier, Runtime.from_config(cfg.train), tmp_path / "folds"
+    )
+    masked = run_segmentation(cfg, data, split, fold, tmp_path / "masked")
+    base = run_segmentation(
+        tiny_config(data__image_size=64, masking__p=0.0), data, split, None, tmp_path / "base"
+    )
+    assert masked.metrics["train/masked_fraction"] == 1.0
+    assert 0.05 < masked.metrics["train/masked_pixels"] < 0.95
+    assert base.metrics["train/masked_pixels"] == 0.0
+    assert masked.metrics["train/loss"] != base.metrics["train/loss"]

@@ -41,3 +41,26 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a camsweep checkpoint (format {CHECKPOINT_FORMAT})")
     return payload
+
+
+def loadable(folder: Path, files: tuple[str, ...]) -> bool:
+    """Whether every named checkpoint file in ``folder`` that exists loads cleanly (and the
+    first one exists at all)."""
+    if not (folder / files[0]).exists():
+        return False
+    try:
+        for name in files:
+            if (folder / name).exists():
+                load_checkpoint(folder / name)
+    except CheckpointError:
+        return False
+    return True
+
+
+def first_loadable(candidates: list[Path], files: tuple[str, ...]) -> Path | None:
+    """The first checkpoint folder (newest first) whose files load; a corrupted latest checkpoint
+    falls back to the previous one instead of failing the trial."""
+    for folder in candidates:
+        if loadable(folder, files):
+            return folder
+    return None

@@ -181,7 +181,7 @@ def prepare_fold(
     key = fold_key(data, split, cfg, cam_target)
     path = Path(cache_root).expanduser() / f"C{split.held_out}-{key}"
     if (path / "meta.json").exists():
-        return _load_fold(path), True
+        return load_fold(path), True
     start = time.perf_counter()
     model, metrics = train_centre_classifier(data, split, cfg, runtime)
     labels = split.centre_labels(data.centres)
@@ -215,10 +215,10 @@ def prepare_fold(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _load_fold(path), False
+    return load_fold(path), False
 
 
-def _load_fold(path: Path) -> FoldArtifacts:
+def load_fold(path: Path) -> FoldArtifacts:
     meta = json.loads((path / "meta.json").read_text())
     return FoldArtifacts(
         key=meta["key"],

@@ -117,6 +117,7 @@ class EpochStats:
     loss: float
     parts: dict[str, float]
     masked_fraction: float
+    masked_pixels: float
     images: int
     seconds: float
 
@@ -136,6 +137,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=runtime.device)
     part_sums: dict[str, Tensor] = {}
     masked = torch.zeros((), device=runtime.device)
+    masked_px = torch.zeros((), device=runtime.device)
     images = 0
     for batch in loader:
         batch = runtime.to_device(batch)
@@ -144,6 +146,7 @@ def train_one_epoch(
         if occluder is not None and occluder.masking.p > 0:
             occlusion, selected = occluder(batch)
             masked += selected.sum()
+            masked_px += (1 - occlusion).float().mean() * x.shape[0]
         with runtime.autocast():
             out = model(x, occlusion)
             loss, parts = model.loss(out, x, y)
@@ -162,6 +165,7 @@ def train_one_epoch(
         loss=total / max(images, 1),
         parts={k: float(v) / max(images, 1) for k, v in part_sums.items()},
         masked_fraction=float(masked) / max(images, 1),
+        masked_pixels=float(masked_px) / max(images, 1),
         images=images,
         seconds=time.perf_counter() - start,
     )

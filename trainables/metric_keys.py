@@ -9,7 +9,8 @@ from trainables.metrics import METRIC_NAMES
 
 EPOCH = "epoch"
 TRAIN_LOSS = "train/loss"
-TRAIN_MASKED_FRACTION = "train/masked_fraction"
+TRAIN_MASKED_FRACTION = "train/masked_fraction"  # share of samples selected for masking (≈ p)
+TRAIN_MASKED_PIXELS = "train/masked_pixels"  # share of all training pixels actually occluded
 TRAIN_IMAGES_PER_S = "train/images_per_s"
 TRAIN_EPOCH_SECONDS = "time/train_epoch_s"  # the training steps of one epoch (no validation)
 VAL_LOSS = "val/loss"

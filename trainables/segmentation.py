@@ -20,12 +20,13 @@ import ray
 import torch
 from ray import tune
 
+from trainables.checkpoint import first_loadable
 from trainables.config import TrialConfig, set_by_path
 from trainables.data.cache import DecodedData
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Runtime
 from trainables.examples import PANELS, example_strips
-from trainables.trial import PER_IMAGE_FILE, needs_fold, run_segmentation
+from trainables.trial import BEST_FILE, PER_IMAGE_FILE, STATE_FILE, needs_fold, run_segmentation
 
 log = logging.getLogger("camsweep.trial")
 EXAMPLES_PER_SPLIT = 3
@@ -152,10 +153,7 @@ def train_segmentation(
     # itself, and artefacts in the trial folder are synced too — twice would waste space.
     work = Path(tempfile.mkdtemp(prefix="camsweep-ckpt-"))
     try:
-        resume_dir = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume_dir = Path(checkpoint.to_directory(str(work / "resume")))
+        resume_dir = _resume_dir(tune.get_checkpoint(), work)
 
         def report(metrics: dict[str, float], ckpt_dir: Path | None) -> None:
             tracker.log(metrics)
@@ -185,6 +183,26 @@ def train_segmentation(
     finally:
         tracker.finish()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _resume_dir(checkpoint, work: Path) -> Path | None:
+    """Tune's latest checkpoint, or — when it does not load (a crash mid-write on a flaky
+    filesystem, a truncated copy) — the newest earlier one of the same trial."""
+    if checkpoint is None:
+        return None
+    latest = Path(checkpoint.to_directory(str(work / "resume")))
+    candidates = [latest]
+    stored = Path(checkpoint.path)
+    if stored.parent.is_dir():  # local or mounted storage: the trial's other checkpoints
+        candidates += sorted(
+            (p for p in stored.parent.glob("checkpoint_*") if p.name < stored.name), reverse=True
+        )
+    chosen = first_loadable(candidates, (STATE_FILE, BEST_FILE))
+    if chosen is None:
+        log.warning("no loadable checkpoint among %s: starting this trial afresh", candidates)
+    elif chosen != latest:
+        log.warning("latest checkpoint %s is corrupted: resuming from %s", stored, chosen)
+    return chosen
 
 
 def wandb_run_id(sweep: str, trial_id: str) -> str:

@@ -202,6 +202,7 @@ def run_segmentation(
             K.EPOCH: epoch,
             K.TRAIN_LOSS: stats.loss,
             K.TRAIN_MASKED_FRACTION: stats.masked_fraction,
+            K.TRAIN_MASKED_PIXELS: stats.masked_pixels,
             K.TRAIN_IMAGES_PER_S: stats.images / max(stats.seconds, 1e-9),
             K.TRAIN_EPOCH_SECONDS: stats.seconds,
             K.VAL_LOSS: val.loss,
@@ -231,8 +232,10 @@ def run_segmentation(
         if report is not None and not last:
             report(metrics, ckpt_dir if checkpointed else None)
 
-    final = _test_best(model, ckpt_dir, eval_sets, runtime, out_dir)
-    final.update(history[-1] if history else {})
+    # Last epoch's training figures, then every split's metrics from the *best* checkpoint (the
+    # last epoch's val/* would otherwise sit next to test scores of another checkpoint).
+    final = {**(history[-1] if history else {})}
+    final.update(_test_best(model, ckpt_dir, eval_sets, runtime, out_dir))
     final.update({K.BEST_VAL_DICE: best_dice, K.BEST_EPOCH: best_epoch})
     final[K.TRIAL_SECONDS] = time.perf_counter() - trial_start
     results = {
