@@ -53,6 +53,8 @@ def init_ray(spec: SweepSpec, address: str | None) -> None:
             object_store_memory=spec.ray.object_store_mb << 20,
             include_dashboard=spec.ray.dashboard,
             dashboard_host="127.0.0.1",
+            # A single-machine Ray needs no network: bind it to loopback only.
+            _node_ip_address="127.0.0.1",
         )
 
 
@@ -215,12 +217,11 @@ def _write_run_files(spec: SweepSpec, run_dir: Path, folds_summary: dict[str, An
     (run_dir / FOLDS_FILE).write_text(json.dumps(folds_summary, indent=2))
 
 
-def _start(spec: SweepSpec, address: str | None, run_dir: Path):
+def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Path):
     init_ray(spec, address)
     problems = cluster_problems(spec, address)
     if problems:
         raise SpecError("cluster", problems)
-    _, data = prepare_data(spec.data)
     data_ref = ray.put(_in_memory(data))
     folds, summary = prepare_folds(spec, data_ref, run_dir)
     print(
@@ -236,8 +237,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
     if "://" in root:
         raise SpecError("storage.path", ["remote URIs are not supported by this version yet"])
     run_dir = Path(root) / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Data first: a corrupt file is reported before any Ray process or run folder exists.
+    _, data = prepare_data(spec.data)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data_ref, folds, summary = _start(spec, address, run_dir)
+    data_ref, folds, summary = _start(spec, data, address, run_dir)
     _write_run_files(spec, run_dir, summary)
     print(f"sweep {spec.name}: {run_dir}")
     build_tuner(spec, run_dir, data_ref, folds).fit()
@@ -252,7 +255,8 @@ def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
     if not spec_path.exists():
         raise SpecError(str(run_dir), [f"not a camsweep run folder ({SPEC_FILE} missing)"])
     spec = load_spec(spec_path)
-    data_ref, folds, _ = _start(spec, address, run_dir)
+    _, data = prepare_data(spec.data)
+    data_ref, folds, _ = _start(spec, data, address, run_dir)
     build_tuner(spec, run_dir, data_ref, folds, restore=True).fit()
     return run_dir
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,15 @@ class SyntheticConfig(Strict):
     per_centre: int | None = Field(None, ge=1)
     scale: float = Field(1.0, gt=0)
     size: str = "640x480"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: str) -> str:
+        from trainables.data.synthetic import parse_size
+
+        parse_size(size)  # raises ValueError naming the value
+        return size
 
 
 class DataConfig(Strict):
@@ -42,6 +51,19 @@ class DataConfig(Strict):
     cache_dir: Path | None = Field(None, description="decoded cache; default ~/.cache/camsweep")
     split_seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("patient_pattern")
+    @classmethod
+    def _pattern(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r} ({exc})") from None
+        if "patient" not in compiled.groupindex:
+            raise ValueError(
+                f"{pattern!r} needs a named group 'patient', e.g. _(?P<patient>P\\d+)_"
+            )
+        return pattern
 
 
 class ModelConfig(Strict):
@@ -108,6 +130,7 @@ class FaultConfig(Strict):
     raise_at_epoch: int | None = Field(None, ge=1, description="raise an error at this epoch")
     nan_at_epoch: int | None = Field(None, ge=1, description="poison the weights: NaN loss")
     once: bool = Field(True, description="fire only when not resuming from a checkpoint")
+    seeds: list[int] | None = Field(None, description="only trials with these seeds (None: all)")
 
 
 class TrialConfig(Strict):

@@ -261,6 +261,8 @@ def _inject_fault(cfg: TrialConfig, epoch: int, model, resumed: bool) -> None:
     fault = cfg.fault
     if epoch not in (fault.raise_at_epoch, fault.nan_at_epoch) or (fault.once and resumed):
         return
+    if fault.seeds is not None and cfg.seed not in fault.seeds:
+        return
     if epoch == fault.raise_at_epoch:
         raise RuntimeError(f"injected fault at epoch {epoch}")
     with torch.no_grad():
