@@ -271,3 +271,14 @@ def test_masking_really_occludes_pixels_at_64px(synth_root, tmp_path):
     assert 0.05 < masked.metrics["train/masked_pixels"] < 0.95
     assert base.metrics["train/masked_pixels"] == 0.0
     assert masked.metrics["train/loss"] != base.metrics["train/loss"]
+
+
+def test_device_data_path_trains_with_cached_cams(data, split, fold, tmp_path):
+    # The fast path (default on CUDA) forced on the CPU: same trial, batches built on-device.
+    cfg = tiny_config(train__data_path="device", train__epochs=2, masking__p=1.0)
+    result = run_segmentation(cfg, data, split, fold, tmp_path)
+    assert result.metrics["train/masked_fraction"] == 1.0
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert 0 <= result.metrics["test_out/dice"] <= 1
+    per_image = np.load(tmp_path / PER_IMAGE_FILE)
+    assert sorted(per_image["test_out/index"]) == sorted(split.test_out)

@@ -120,6 +120,9 @@ class TrainConfig(Strict):
     amp: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
+    data_path: Literal["auto", "device", "loader"] = Field(
+        "auto", description="device: batches augmented on the GPU (auto on CUDA); loader: CPU"
+    )
     checkpoint_every: int = Field(10, ge=1, description="epochs between periodic checkpoints")
     augment: AugmentConfig = AugmentConfig()
 

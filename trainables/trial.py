@@ -29,6 +29,7 @@ from trainables.config import TrialConfig
 from trainables.data.augment import build_eval_transform, build_train_transform
 from trainables.data.cache import DecodedData
 from trainables.data.dataset import SegmentationDataset
+from trainables.data.device_loader import DeviceBatches, DeviceData
 from trainables.data.source import prepare_data
 from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.engine import Occluder, Runtime, evaluate, seed_everything, train_one_epoch
@@ -66,6 +67,55 @@ def _loader(ds: SegmentationDataset, cfg: TrialConfig, **kw: Any) -> DataLoader:
         pin_memory=torch.cuda.is_available(),
         **kw,
     )
+
+
+class DataPath:
+    """Where batches come from. ``device``: the decoded frames (and CAMs) live on the training
+    device and whole batches are augmented there (the fast path; default on CUDA). ``loader``:
+    per-sample albumentations in a DataLoader (default on CPU). Same augmentation semantics."""
+
+    def __init__(self, cfg: TrialConfig, data, split: FoldSplit, labels, cams, runtime: Runtime):
+        self.cfg, self.data, self.split, self.labels, self.cams = cfg, data, split, labels, cams
+        choice = cfg.train.data_path
+        self.on_device = choice == "device" or (choice == "auto" and runtime.device.type == "cuda")
+        if self.on_device:
+            self.device_data = DeviceData.from_decoded(data, runtime.device)
+            self.train_batches = DeviceBatches(
+                self.device_data,
+                split.train,
+                batch_size=cfg.train.batch_size,
+                augment=cfg.train.augment,
+                centre_labels=labels,
+                cams=cams,
+                shuffle=True,
+            )
+
+    def train(self, seed: int):
+        if self.on_device:
+            self.train_batches.reseed(seed)
+            return self.train_batches
+        ds = SegmentationDataset(
+            self.data,
+            self.split.train,
+            build_train_transform(self.cfg.train.augment, seed=seed),
+            centre_labels=self.labels,
+            cams=self.cams,
+        )
+        return _loader(ds, self.cfg, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+    def eval(self, name: str):
+        indices = self.split.indices(name)
+        if self.on_device:
+            return DeviceBatches(
+                self.device_data,
+                indices,
+                batch_size=self.cfg.train.batch_size,
+                centre_labels=self.labels,
+            )
+        ds = SegmentationDataset(
+            self.data, indices, build_eval_transform(), centre_labels=self.labels
+        )
+        return _loader(ds, self.cfg)
 
 
 def _epoch_seed(cfg: TrialConfig, epoch: int) -> int:
@@ -154,16 +204,8 @@ def run_segmentation(
             classifier=classifier,
             target_layer=classifier.target_layer if online else None,
         )
-    eval_sets = {
-        name: _loader(
-            SegmentationDataset(
-                data, split.indices(name), build_eval_transform(), centre_labels=labels
-            ),
-            cfg,
-        )
-        for name in K.SPLITS
-        if len(split.indices(name))
-    }
+    data_path = DataPath(cfg, data, split, labels, cams, runtime)
+    eval_sets = {name: data_path.eval(name) for name in K.SPLITS if len(split.indices(name))}
 
     start_epoch, best_dice, best_epoch, history = 1, -1.0, 0, []
     if resume_dir is not None:
@@ -183,16 +225,7 @@ def run_segmentation(
     trial_start = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         seed = _epoch_seed(cfg, epoch)
-        train_set = SegmentationDataset(
-            data,
-            split.train,
-            build_train_transform(cfg.train.augment, seed=seed),
-            centre_labels=labels,
-            cams=cams,
-        )
-        train_loader = _loader(
-            train_set, cfg, shuffle=True, generator=torch.Generator().manual_seed(seed)
-        )
+        train_loader = data_path.train(seed)
         if occluder is not None:
             occluder.generator.manual_seed(seed)
         _inject_fault(cfg, epoch, model, resumed=resume_dir is not None)

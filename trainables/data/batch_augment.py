@@ -2,8 +2,9 @@
 
 Same transforms, order and probabilities as the albumentations pipeline — rotation, horizontal
 flip, vertical flip, colour jitter, normalisation — but applied to whole ``(B, C, H, W)`` batches
-with tensor ops, so they run where the batch lives (GPU or CPU) without a per-sample Python loop.
-Every random choice is a per-sample tensor.
+with tensor ops (grid_sample for the rotation), so they run where the batch lives. Every random
+choice is a per-sample tensor. On a GPU, samples are selected with ``torch.where`` and nothing
+waits for the host; on CPU only the drawn samples are computed (see ``BatchAugment``).
 
 Randomness is split from computation: :meth:`BatchAugment.sample_params` draws an
 :class:`AugmentParams` from a ``torch.Generator`` and :meth:`BatchAugment.apply` applies given
@@ -109,23 +110,23 @@ class BatchAugment:
     def sample_params(self, batch_size: int, generator: torch.Generator) -> AugmentParams:
         """Draws the parameters of one batch on ``generator``'s device."""
         cfg, device = self.cfg, generator.device
+        # Two draws for the whole batch: on CPU the per-call overhead of small ops adds up.
+        coins = torch.rand(batch_size, 4, generator=generator, device=device)
+        u = torch.rand(batch_size, 5, generator=generator, device=device)
 
-        def uniform(lo: float, hi: float) -> Tensor:
-            return lo + (hi - lo) * torch.rand(batch_size, generator=generator, device=device)
-
-        def coin(p: float) -> Tensor:
-            return torch.rand(batch_size, generator=generator, device=device) < p
+        def uniform(column: int, lo: float, hi: float) -> Tensor:
+            return lo + (hi - lo) * u[:, column]
 
         return AugmentParams(
-            rotate=coin(cfg.rotate_p),
-            angle=uniform(-cfg.rotate_limit, cfg.rotate_limit),
-            hflip=coin(cfg.hflip_p),
-            vflip=coin(cfg.vflip_p),
-            jitter=coin(cfg.color_jitter_p),
-            brightness=uniform(*BRIGHTNESS_RANGE),
-            contrast=uniform(*CONTRAST_RANGE),
-            saturation=uniform(*SATURATION_RANGE),
-            hue=uniform(*HUE_RANGE),
+            rotate=coins[:, 0] < cfg.rotate_p,
+            angle=uniform(0, -cfg.rotate_limit, cfg.rotate_limit),
+            hflip=coins[:, 1] < cfg.hflip_p,
+            vflip=coins[:, 2] < cfg.vflip_p,
+            jitter=coins[:, 3] < cfg.color_jitter_p,
+            brightness=uniform(1, *BRIGHTNESS_RANGE),
+            contrast=uniform(2, *CONTRAST_RANGE),
+            saturation=uniform(3, *SATURATION_RANGE),
+            hue=uniform(4, *HUE_RANGE),
             # argsort of i.i.d. uniforms is a uniformly random permutation per row.
             order=torch.rand(batch_size, 4, generator=generator, device=device).argsort(dim=1),
         )
@@ -165,7 +166,7 @@ class BatchAugment:
         geometric = rows.writable(*geometric)
         for select, dims in ((h & ~v, (-1,)), (v & ~h, (-2,)), (h & v, (-2, -1))):
             geometric = rows.apply(select, _flipper(dims), *geometric, inplace=True)
-        angle = torch.where(params.hflip ^ params.vflip, -params.angle, params.angle)
+        angle = torch.where(h ^ v, -params.angle, params.angle)
 
         # Fresh float32 copies: everything below works in place without touching the inputs.
         image, *labels = (t.to(torch.float32, copy=True) for t in geometric)
@@ -176,7 +177,10 @@ class BatchAugment:
             return _sample(image, grid, "bilinear"), *(_sample(t, grid, "nearest") for t in labels)
 
         def jitter(image: Tensor, take: _Take) -> tuple[Tensor]:
-            return (_color_jitter(image, params, take, skip_idle_steps=rows.by_index),)
+            # The index path hands over gathered copies, which jitter may overwrite.
+            if not rows.by_index:
+                image = image.clone()
+            return (_color_jitter_(image, params, take, skip_idle_steps=rows.by_index),)
 
         image, *labels = rows.apply(params.rotate, rotate, image, *labels, inplace=True)
         (image,) = rows.apply(params.jitter, jitter, image, inplace=True)
@@ -281,52 +285,69 @@ def _sample(x: Tensor, grid: Tensor, mode: str) -> Tensor:
 # and on CPU those dominate these element-wise kernels.
 
 
-def _color_jitter(
+def _color_jitter_(
     image: Tensor, params: AugmentParams, take: _Take, *, skip_idle_steps: bool
 ) -> Tensor:
-    """ColorJitter with per-sample factors and per-sample operation order (returns a new tensor).
+    """ColorJitter with per-sample factors and per-sample operation order; may overwrite ``image``.
 
     Brightness, contrast and saturation are each ``x * a + c + s * gray(x)`` with per-sample
     coefficients (then clipped, as albumentations saturates after every step), so one step covers
     whichever of them each sample applies at that position. Hue, the expensive operation, runs
     once: each sample's order is split into its linear steps before its hue step and those after.
-    ``skip_idle_steps`` skips a step no sample uses (reads the order on the host: CPU only).
+    ``skip_idle_steps`` skips work no sample needs (reads the coefficients on the host: CPU only).
     """
-    order = take(params.order)
+    order = take(params.order)  # (B, 4)
     factors = torch.stack([take(params.brightness), take(params.contrast), take(params.saturation)])
-    hue_at = (order == HUE).int().argmax(dim=1)
-    image = image.clone()
+    factor = factors.T.gather(1, order.clamp(max=SATURATION))  # (B, 4): each position's factor
+    hue_at = (order == HUE).int().argmax(dim=1, keepdim=True)
+    position = torch.arange(4, device=order.device)
+    phases = []
+    for active in (position < hue_at, position > hue_at):  # linear steps before / after hue
+        contrast, saturate = active & (order == CONTRAST), active & (order == SATURATION)
+        phases.append(
+            (
+                torch.where(active, factor, 1.0),  # scale
+                torch.where(contrast, 1.0 - factor, 0.0),  # weight of the mean grey level
+                torch.where(saturate, 1.0 - factor, 0.0),  # weight of the grey image
+                torch.stack([active, contrast, saturate]).any(dim=1),  # (3, 4): what is used
+            )
+        )
+    # Where-mode computes every term; index mode reads once which ones some sample uses.
+    used = [u.tolist() if skip_idle_steps else [[True] * 4] * 3 for *_, u in phases]
     # A linear step precedes hue only at positions 0..2 and follows it only at 1..3.
-    steps = [(s, s < hue_at) for s in range(3)], [(s, s > hue_at) for s in range(1, 4)]
-    for phase, linear_steps in enumerate(steps):
+    for phase, steps in enumerate((range(3), range(1, 4))):
         if phase == 1:
             image = _shift_hue(image, take(params.hue))
-        for step, active in linear_steps:
-            if skip_idle_steps and not bool(active.any()):
-                continue
-            _linear_step_(image, order[:, step], factors, active=active, skip_idle=skip_idle_steps)
+        scale, contrast_w, mix, _ = phases[phase]
+        any_step, any_contrast, any_saturation = used[phase]
+        for step in steps:
+            if any_step[step]:
+                _linear_step_(
+                    image,
+                    scale[:, step],
+                    contrast_w[:, step] if any_contrast[step] else None,
+                    mix[:, step] if any_saturation[step] else None,
+                )
     return image
 
 
 def _linear_step_(
-    image: Tensor, op: Tensor, factors: Tensor, *, active: Tensor, skip_idle: bool
+    image: Tensor, scale: Tensor, contrast_w: Tensor | None, mix: Tensor | None
 ) -> None:
-    """One brightness / contrast / saturation step, in place, for the samples where ``active``."""
-    factor = factors.gather(0, op.clamp(max=SATURATION).unsqueeze(0)).squeeze(0)
-    one, zero = torch.ones_like(factor), torch.zeros_like(factor)
-    # Coefficients of x * scale + const + mix * gray(x); inactive samples get the identity.
-    scale = torch.where(active, factor, one).view(-1, 1, 1, 1)
-    contrast = torch.where(active & (op == CONTRAST), 1.0 - factor, zero)  # blend with mean grey
-    saturate = active & (op == SATURATION)
-    mix = torch.where(saturate, 1.0 - factor, zero).view(-1, 1, 1, 1)  # blend with grey image
-    # The mean grey level is the luma of the channel means: no grey image needed for contrast.
-    r, g, b = image.mean(dim=(2, 3)).unbind(dim=1)
-    mean_gray = r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]
-    const = (contrast * mean_gray).view(-1, 1, 1, 1)
-    gray = None if skip_idle and not bool(saturate.any()) else _gray(image)
-    image.mul_(scale).add_(const)
+    """``image = clip(image * scale + contrast_w * mean(gray) + mix * gray)``, in place."""
+    # Both grey terms are of the image before this step.
+    gray = None if mix is None else _gray(image)
+    offset = None
+    if contrast_w is not None:
+        # The mean grey level is the luma of the channel means: no grey image needed.
+        r, g, b = image.mean(dim=(2, 3)).unbind(dim=1)
+        mean_gray = r * _GRAY_WEIGHTS[0] + g * _GRAY_WEIGHTS[1] + b * _GRAY_WEIGHTS[2]
+        offset = (contrast_w * mean_gray).view(-1, 1, 1, 1)
+    image.mul_(scale.view(-1, 1, 1, 1))
+    if offset is not None:
+        image.add_(offset)
     if gray is not None:
-        image.addcmul_(mix, gray)
+        image.addcmul_(mix.view(-1, 1, 1, 1), gray)
     image.clamp_(0.0, _MAX)
 
 

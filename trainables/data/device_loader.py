@@ -104,7 +104,7 @@ class DeviceBatches:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(data, DecodedData):
             data = DeviceData.from_decoded(data, device or "cpu")
-        elif device is not None and torch.device(device) != data.device:
+        elif device is not None and not _same_device(torch.device(device), data.device):
             raise ValueError(f"data is on {data.device}, not on the requested {device}")
         rows = np.asarray(indices, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
@@ -117,7 +117,7 @@ class DeviceBatches:
         self.drop_last = drop_last
         self.augment = None if augment is None else BatchAugment(augment)
         dev = data.device
-        self.rows = torch.from_numpy(rows).to(dev)
+        self.rows = torch.tensor(rows, device=dev)
         labels = dict(centre_labels or {})
         self.labels = torch.tensor(
             [labels.get(int(c), -1) for c in data.centres[rows]], dtype=torch.long, device=dev
@@ -176,3 +176,9 @@ class DeviceBatches:
         if cam is not None:
             batch["cam"] = cam
         return batch
+
+
+def _same_device(requested: torch.device, actual: torch.device) -> bool:
+    # "cuda" (no index) means the current GPU; DeviceData tensors always carry an index.
+    index = requested.index
+    return requested.type == actual.type and (index is None or index == actual.index)
