@@ -88,10 +88,11 @@ def _rate(arch, variant, data, *, batch, amp, on_device, seconds, device) -> tup
     while time.perf_counter() - start < seconds:
         images += run(5)
     rate = images / (time.perf_counter() - start)
-    x = next(iter(batches))["image"][:1].to(device)
+    # Two images: BatchNorm in train mode (DeepLabV3+'s ASPP pooling) rejects a batch of one.
+    x = next(iter(batches))["image"][:2].to(device)
     with FlopCounterMode(display=False) as counter, runtime.autocast():
         model(x)["logits"].float().sum().backward()
-    return rate, counter.get_total_flops()
+    return rate, counter.get_total_flops() / len(x)
 
 
 def worker(args) -> None:

@@ -24,12 +24,12 @@ from search_spaces.axes import AXES
 from search_spaces.build import build_search
 from sweeps.spec import SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
-from trainables.classifier import prepare_fold
 from trainables.data.cache import DecodedData
 from trainables.data.source import prepare_data
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Runtime
 from trainables.segmentation import resolve_trial_config, train_segmentation
+from trainables.trial import prepare_trial_fold
 
 SPEC_FILE = "camsweep-spec.yaml"
 FOLDS_FILE = "camsweep-folds.json"
@@ -101,16 +101,9 @@ def _prepare_fold_remote(
     spec = SweepSpec.model_validate(spec_dict)
     cfg = spec.trial_config({"held_out_centre": held_out})
     split = leave_one_centre_out(data.centres, data.patients, held_out, seed=cfg.data.split_seed)
-    runtime = Runtime.from_config(cfg.train)
-    fold, reused = prepare_fold(
-        data,
-        split,
-        cfg.classifier,
-        runtime,
-        spec.fold_cache_root(),
-        cam_target=cfg.masking.cam_target,
-    )
+    fold, reused = prepare_trial_fold(cfg, data, split, spec.fold_cache_root())
     if not reused:
+        runtime = Runtime.from_config(cfg.train)
         log_fold_run(wandb, data, split, fold, runtime, threshold=cfg.masking.threshold)
     # Materialise the CAMs: the artefact travels through the object store to every trial.
     return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused

@@ -184,20 +184,9 @@ def _guarded_run(settings: dict[str, Any], run_id: str, job_type: str, body) -> 
     try:
         import wandb
 
-        run = wandb.init(
-            project=settings["project"],
-            entity=settings.get("entity"),
-            id=run_id,
-            resume="allow",
-            dir=settings["dir"],
-            group=settings["group"],
-            job_type=job_type,
-            mode=settings["mode"],
-            reinit="finish_previous",
-            settings=wandb.Settings(
-                init_timeout=settings.get("init_timeout_s", 30), console="off", silent=True
-            ),
-        )
+        from trainables.segmentation import wandb_init_kwargs
+
+        run = wandb.init(**wandb_init_kwargs(settings, run_id, job_type))
         try:
             body(run)
         finally:

@@ -358,27 +358,13 @@ def test_optuna_importance_per_group_ranks_the_axis_that_matters():
 
 def tiny_optuna_spec(tmp_path: Path) -> dict:
     """4 tiny trials: unet × held-out {2, 6} × p {0, 0.5}, the seed sampled by Optuna."""
-    return {
-        "name": "tiny-export",
-        "data": {
-            "image_size": 32,
-            "cache_dir": str(tmp_path / "cache"),
-            "synthetic": {"per_centre": 16, "size": "64x64"},
-        },
-        "model": {"variant": "tiny"},
-        "classifier": {"arch": "resnet18", "epochs": 1, "batch_size": 8},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
-        "space": {
-            "arch": {"grid": ["unet"]},
-            "held_out_centre": {"grid": [2, 6]},
-            "p": {"grid": [0.0, 0.5]},
-            "seed": {"choice": [0, 1]},
-        },
-        "search": {"algorithm": "optuna", "num_samples": 1, "seed": 0},
-        "resources": {"cpu": 1, "gpu": 0},
-        "tracking": {"wandb": {"mode": "disabled"}},
-        "storage": {"path": str(tmp_path / "results")},
-    }
+    from tests.test_sweep import tiny_spec
+
+    raw = tiny_spec(
+        tmp_path, name="tiny-export", search={"algorithm": "optuna", "num_samples": 1, "seed": 0}
+    )
+    raw["space"]["seed"] = {"choice": [0, 1]}
+    return raw
 
 
 @pytest.mark.slow

@@ -44,27 +44,13 @@ class TrialLogger:
             return
         import wandb
 
-        kwargs = dict(
-            project=settings["project"],
-            entity=settings.get("entity"),
-            id=run_id,
-            resume="allow",
-            dir=settings["dir"],
-            group=settings["group"],
-            job_type=cfg.model.arch,
-            tags=[f"C{cfg.held_out_centre}", f"p={cfg.masking.p:g}"],
-            config=cfg.to_dict(),
-            reinit="finish_previous",
+        kwargs = wandb_init_kwargs(settings, run_id, cfg.model.arch)
+        kwargs.update(
+            tags=[f"C{cfg.held_out_centre}", f"p={cfg.masking.p:g}"], config=cfg.to_dict()
         )
         for mode in dict.fromkeys([settings["mode"], "offline"]):
             try:
-                self.run = wandb.init(
-                    mode=mode,
-                    settings=wandb.Settings(
-                        init_timeout=settings.get("init_timeout_s", 30), console="off", silent=True
-                    ),
-                    **kwargs,
-                )
+                self.run = wandb.init(**{**kwargs, "mode": mode})
                 break
             except Exception as exc:  # noqa: BLE001 — any W&B failure must leave the trial alone
                 log.warning("W&B %s run for %s failed to start (%s)", mode, run_id, exc)
@@ -203,6 +189,26 @@ def _resume_dir(checkpoint, work: Path) -> Path | None:
     elif chosen != latest:
         log.warning("latest checkpoint %s is corrupted: resuming from %s", stored, chosen)
     return chosen
+
+
+def wandb_init_kwargs(settings: dict[str, Any], run_id: str, job_type: str) -> dict[str, Any]:
+    """``wandb.init`` arguments shared by trial, fold and summary runs of one sweep."""
+    import wandb
+
+    return dict(
+        project=settings["project"],
+        entity=settings.get("entity"),
+        id=run_id,
+        resume="allow",
+        dir=settings["dir"],
+        group=settings["group"],
+        job_type=job_type,
+        mode=settings["mode"],
+        reinit="finish_previous",
+        settings=wandb.Settings(
+            init_timeout=settings.get("init_timeout_s", 30), console="off", silent=True
+        ),
+    )
 
 
 def wandb_run_id(sweep: str, trial_id: str) -> str:

@@ -349,13 +349,19 @@ def prepare_trial_inputs(
     check_split(split)
     if not (with_fold or needs_fold(cfg)):
         return data, split, None, False
-    runtime = Runtime.from_config(cfg.train)
-    fold, reused = prepare_fold(
+    fold, reused = prepare_trial_fold(cfg, data, split, fold_cache)
+    return data, split, fold, reused
+
+
+def prepare_trial_fold(
+    cfg: TrialConfig, data: DecodedData, split: FoldSplit, cache_root: Path
+) -> tuple[FoldArtifacts, bool]:
+    """The fold artefacts this trial config asks for (classifier config, CAM target)."""
+    return prepare_fold(
         data,
         split,
         cfg.classifier,
-        runtime,
-        fold_cache,
+        Runtime.from_config(cfg.train),
+        cache_root,
         cam_target=cfg.masking.cam_target,
     )
-    return data, split, fold, reused
