@@ -262,14 +262,15 @@ def load_spec(
 
 
 def smoke(raw: dict[str, Any]) -> dict[str, Any]:
-    """Shrinks any spec to a few tiny trials (Ray's ``--smoke-test`` idea): 32 px, tiny models,
-    one epoch, at most two values per grid axis, one sample per group, CPU only."""
+    """Shrinks any spec to a few tiny trials (Ray's ``--smoke-test`` idea): 64 px, tiny models,
+    one epoch, at most two values per grid axis, one sample per group, CPU only. (64 px, not 32:
+    at 32 px ResNet's last feature map is 1×1, every CAM is constant and masking does nothing.)"""
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
     raw["name"] = f"{raw.get('name', 'sweep')}-smoke"
     data = raw.setdefault("data", {})
-    data["image_size"] = 32
+    data["image_size"] = 64
     if data.get("source", "synthetic") == "synthetic":
-        data["synthetic"] = {**data.get("synthetic", {}), "per_centre": 16, "size": "64x64"}
+        data["synthetic"] = {**data.get("synthetic", {}), "per_centre": 16, "size": "96x96"}
         data["synthetic"].pop("scale", None)
     raw["model"] = {**raw.get("model", {}), "variant": "tiny", "encoder_name": None}
     raw["model"]["encoder_weights"] = None

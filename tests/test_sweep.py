@@ -73,9 +73,13 @@ def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(tmp_path, loca
     assert len(list((tmp_path / "results" / "folds").iterdir())) == 2
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, local_ray):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
+    tmp_path, local_ray, monkeypatch
+):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
     raw = tiny_spec(tmp_path, max_concurrent_trials=1)
     raw["train"]["epochs"] = 2
+    raw["tracking"] = {"wandb": {"mode": "offline"}}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     # Ray's socket paths must stay short (< 108 bytes): pytest's tmp_path is too deep for them.
@@ -109,6 +113,25 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, l
     for name, text in done_before.items():
         # Identical results, timings included: the finished trial was not trained or tested again.
         assert (run_dir / name / "results.json").read_text() == text
+    # No W&B run was duplicated: every offline run folder belongs to one of the trials' run ids.
+    from sweeps.tracking import offline_run_dirs, read_wandb_run
+    from trainables.segmentation import wandb_run_id
+
+    ids = {read_wandb_run(next(d.glob("run-*.wandb")))["run_id"] for d in offline_run_dirs(run_dir)}
+    trial_ids = {wandb_run_id(run_dir.name, t.trial_id) for t in trials}
+    assert trial_ids <= ids and len(ids - trial_ids) <= 3  # + fold runs (2) and nothing else
+    # The exported table equals that of an uninterrupted sweep with the same seeds.
+    from sweeps.cli import main
+
+    raw["name"] = "straight"
+    raw["tracking"] = {"wandb": {"mode": "disabled"}}
+    straight = run_sweep(load_spec("s.yaml", raw=raw, local_gpus=0))
+    tables = []
+    for folder in (run_dir, straight):
+        assert main(["export", str(folder), "--no-wandb", "--n-boot", "200"]) == 0
+        text = (folder / "export" / "table.md").read_text()
+        tables.append(text[text.index("## Out-of-distribution Dice") :].split("\n## ")[0])
+    assert tables[0] == tables[1]
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
