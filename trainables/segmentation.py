@@ -94,6 +94,12 @@ class TrialLogger:
 
     def finish(self) -> None:
         self._guard(self.run.finish if self.run else None)
+        try:  # stop wandb's service now: Ray ends the worker abruptly, which it logs as an error
+            import wandb
+
+            wandb.teardown()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def resolve_trial_config(base: dict[str, Any], axes: dict[str, str], config: dict[str, Any]):
