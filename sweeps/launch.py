@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
 import ray
 import yaml
 from ray import tune
@@ -153,8 +154,17 @@ def prepare_folds(
 
 
 def build_tuner(
-    spec: SweepSpec, run_dir: Path, data_ref, folds: dict[int, Any], *, restore: bool = False
+    spec: SweepSpec,
+    run_dir: Path,
+    data_ref,
+    folds: dict[int, Any],
+    *,
+    restore: bool = False,
+    storage: str | None = None,
 ) -> tune.Tuner:
+    """``storage``: where Tune keeps the run (a URI for remote storage); default the run folder's
+    parent. ``run_dir`` is then the local folder of camsweep's own files and offline W&B runs."""
+    storage = storage or str(run_dir.parent)
     setup = build_search(
         spec.axes,
         algorithm=spec.search.algorithm,
@@ -181,7 +191,9 @@ def build_tuner(
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     if restore:
-        return tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(
+            f"{storage}/{run_dir.name}", trainable=trainable, resume_errored=True
+        )
     return tune.Tuner(
         trainable,
         param_space=setup.param_space,
@@ -195,7 +207,7 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
             callbacks=[SweepSummary(setup.grid_axes, spec.search.metric)],
@@ -204,10 +216,23 @@ def build_tuner(
     )
 
 
-def _write_run_files(spec: SweepSpec, run_dir: Path, folds_summary: dict[str, Any]) -> None:
+def _write_run_files(
+    spec: SweepSpec, run_dir: Path, folds_summary: dict[str, Any], remote: str | None
+) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     (run_dir / FOLDS_FILE).write_text(json.dumps(folds_summary, indent=2))
+    if remote:  # keep camsweep's files with Tune's on the remote storage too
+        fs, path = pyarrow.fs.FileSystem.from_uri(remote)
+        fs.create_dir(path, recursive=True)
+        for name in (SPEC_FILE, FOLDS_FILE):
+            with fs.open_output_stream(f"{path}/{name}") as out:
+                out.write((run_dir / name).read_bytes())
+
+
+def local_mirror(name: str) -> Path:
+    """Local folder of a run whose storage is remote: camsweep's files and offline W&B runs."""
+    return Path("~/.cache/camsweep/runs").expanduser() / name
 
 
 def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Path):
@@ -227,22 +252,30 @@ def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Pat
 def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
     """Runs a validated sweep to completion; returns its run folder."""
     root = spec.storage_root()
-    if "://" in root:
-        raise SpecError("storage.path", ["remote URIs are not supported by this version yet"])
-    run_dir = Path(root) / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    remote = root if "://" in root else None
+    run_dir = local_mirror(name) if remote else Path(root) / name
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
     _, data = prepare_data(spec.data)
     run_dir.mkdir(parents=True, exist_ok=True)
     data_ref, folds, summary = _start(spec, data, address, run_dir)
-    _write_run_files(spec, run_dir, summary)
-    print(f"sweep {spec.name}: {run_dir}")
-    build_tuner(spec, run_dir, data_ref, folds).fit()
+    _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)
+    print(
+        f"sweep {spec.name}: {f'{remote}/{name} (local files: {run_dir})' if remote else run_dir}"
+    )
+    build_tuner(spec, run_dir, data_ref, folds, storage=remote).fit()
     return run_dir
 
 
 def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
     """Continues an interrupted sweep: finished trials stay finished, others resume from their
     last checkpoint, errored ones are retried."""
+    remote = None
+    if "://" in str(run_dir):  # a run on remote storage: fetch camsweep's files first
+        remote, name = str(run_dir).rstrip("/").rsplit("/", 1)
+        run_dir = local_mirror(name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(f"{remote}/{name}/{SPEC_FILE}", str(run_dir / SPEC_FILE))
     run_dir = Path(run_dir).expanduser().resolve()
     spec_path = run_dir / SPEC_FILE
     if not spec_path.exists():
@@ -250,7 +283,7 @@ def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
     spec = load_spec(spec_path)
     _, data = prepare_data(spec.data)
     data_ref, folds, _ = _start(spec, data, address, run_dir)
-    build_tuner(spec, run_dir, data_ref, folds, restore=True).fit()
+    build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote).fit()
     return run_dir
 
 

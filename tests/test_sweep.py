@@ -158,3 +158,18 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_sweep_on_uri_storage_keeps_results_there(tmp_path, local_ray, monkeypatch):
+    # file:// goes through the same pyarrow filesystem code path as s3:// or gs://.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    remote = tmp_path / "bucket"
+    raw = tiny_spec(tmp_path, space={"arch": "unet", "held_out_centre": {"grid": [2]}, "p": 0.0})
+    raw["storage"] = {"path": f"file://{remote}"}
+    run_dir = run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
+    assert run_dir.is_relative_to(tmp_path / "home")  # the local mirror: spec, folds, W&B
+    (stored,) = remote.glob("tiny-*")
+    assert (stored / "camsweep-spec.yaml").exists()
+    assert len(list(stored.glob("*/results.json"))) == 1
+    (trial,) = read_run(stored)
+    assert trial.finished
