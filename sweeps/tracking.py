@@ -135,6 +135,8 @@ def _records(path: Path) -> Iterator[bytes]:
             continue
         length = int.from_bytes(data[pos + 4 : pos + 6], "little")
         kind = data[pos + 6]
+        if pos + _HEADER + length > len(data):  # the writer was killed mid-record
+            return
         chunk = data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
         if kind == 0 and length == 0:
@@ -146,13 +148,22 @@ def _records(path: Path) -> Iterator[bytes]:
 
 
 def read_wandb_run(path: Path) -> dict[str, Any]:
-    """Run id, group, job type, tags, config and metric history of an offline run file."""
+    """Run id, group, job type, tags, config and metric history of an offline run file.
+
+    A file cut short (its process was killed) yields what was written before the cut; the run id
+    then comes from the file name (``run-<id>.wandb``) if the run record itself was lost.
+    """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     info: dict[str, Any] = {"history": [], "config": {}, "summary": {}}
+    info["run_id"] = Path(path).stem.removeprefix("run-")
     for raw in _records(path):
         record = pb.Record()
-        record.ParseFromString(raw)
+        try:
+            record.ParseFromString(raw)
+        except DecodeError:
+            break
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = record.run

@@ -129,3 +129,20 @@ def test_dashboard_without_a_key_describes_the_workspace(tmp_path, monkeypatch, 
     assert "workspace 'camsweep demo-20261127-000000'" in out
     assert "[Generalisation] p, threshold, learning rate → validation Dice: masking.p" in out
     assert "not saved" in out
+
+
+def test_offline_run_file_cut_short_still_reads(tmp_path):
+    import wandb
+
+    run = wandb.init(project="p", id="cut-1", dir=str(tmp_path), mode="offline",
+                     settings=wandb.Settings(console="off"))  # fmt: skip
+    for epoch in range(1, 4):
+        run.log({"epoch": epoch, "val/dice": epoch / 10})
+    run.finish()
+    (folder,) = offline_run_dirs(tmp_path)
+    path = next(folder.glob("run-*.wandb"))
+    full = read_wandb_run(path)
+    cut = tmp_path / "run-cut-1.wandb"
+    cut.write_bytes(path.read_bytes()[:20])  # a process killed right after opening its run
+    assert read_wandb_run(cut)["run_id"] == "cut-1" == full["run_id"]
+    assert read_wandb_run(cut)["history"] == []
