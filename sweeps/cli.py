@@ -1,7 +1,7 @@
 """`camsweep` command line: thin wrappers over typed functions.
 
-Every user-facing failure (bad data, bad config) is a :class:`UserError`-like exception that is
-printed as one clear message with a non-zero exit status — no traceback.
+Every user-facing failure (bad data, bad config) raises one of ``USER_ERRORS``; it is printed as
+one clear message with exit status 2 — no traceback.
 """
 
 from __future__ import annotations
