@@ -51,11 +51,6 @@ class Axis:
     def is_sampled(self) -> bool:
         return self.form in ("choice", "uniform", "loguniform")
 
-    def describe(self) -> str:
-        if self.form == "constant":
-            return repr(self.values[0])
-        return f"{self.form}{list(self.values)}"
-
 
 def parse_axis(name: str, raw: Any) -> tuple[Axis | None, list[str]]:
     """Parses one ``space`` entry; returns the axis or the problems (naming ``space.<name>``)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from sweeps.spec import SPEC_FILE
 from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN, DatasetError
 
 # Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
@@ -184,7 +185,7 @@ def _print_status(run_dir: Path) -> None:
     from sweeps.spec import load_spec
     from sweeps.status import format_status, read_run
 
-    spec = load_spec(run_dir / "camsweep-spec.yaml")
+    spec = load_spec(run_dir / SPEC_FILE)
     print(format_status(read_run(run_dir), [a.name for a in spec.axes if not a.form == "constant"]))
 
 
@@ -239,7 +240,7 @@ def export(run_dir: Path, *, wandb: bool = True, **kwargs) -> Path:
     png, note = export_cam_figure(run_dir, report.out_dir)
     print(f"{note}: {png}" if png else note)
     if wandb:
-        spec = load_spec(run_dir / "camsweep-spec.yaml", environment=False)
+        spec = load_spec(run_dir / SPEC_FILE, environment=False)
         log_summary_run(wandb_settings(spec, run_dir.resolve()), report.out_dir)
     return report.out_dir
 
@@ -260,7 +261,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from sweeps.spec import load_spec
 
     run_dir = Path(args.run_dir).expanduser().resolve()
-    spec = load_spec(run_dir / "camsweep-spec.yaml", environment=False)
+    spec = load_spec(run_dir / SPEC_FILE, environment=False)
     w = spec.tracking.wandb
     plan, outcome = save_or_describe(w.entity, w.project, run_dir.name)
     print(plan.format())

@@ -30,15 +30,13 @@ import numpy as np
 import yaml
 
 from search_spaces.grouping import expand_groups, group_key, group_label
-from sweeps.spec import SELECTION_METRICS, SweepSpec, load_spec
+from sweeps.spec import FOLDS_FILE, SELECTION_METRICS, SPEC_FILE, SweepSpec, load_spec
 from sweeps.stats import BootstrapCI, align_by_index, paired_bootstrap
 from sweeps.status import TrialRecord, read_run
 from trainables import metric_keys as K
 from trainables.trial import CONFIG_FILE, PER_IMAGE_FILE, RESULTS_FILE
 
 # Written by sweeps.launch, which is not imported here because it pulls in Ray.
-SPEC_FILE = "camsweep-spec.yaml"
-FOLDS_FILE = "camsweep-folds.json"
 TUNE_RESULT_FILE = "result.json"  # Tune's per-trial log: one JSON line per reported result
 
 ORACLE_METRIC = "test_out/dice"
@@ -1102,7 +1100,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     from trainables.engine import Runtime
 
     spec = load_spec(Path(run_dir) / SPEC_FILE, environment=False)
-    folds = json.loads((Path(run_dir) / "camsweep-folds.json").read_text())
+    folds = json.loads((Path(run_dir) / FOLDS_FILE).read_text())
     centres = sorted(folds.get("trained", []) + folds.get("reused", []))
     if not centres:
         return None, "no CAM figure: no fold needed the centre classifier (baseline-only sweep)"

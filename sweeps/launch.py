@@ -21,19 +21,16 @@ import ray
 import yaml
 from ray import tune
 
-from search_spaces.axes import AXES
 from search_spaces.build import build_search
-from sweeps.spec import SpecError, SweepSpec, load_spec
+from sweeps.spec import FOLDS_FILE, SPEC_FILE, SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
 from trainables.data.cache import DecodedData
 from trainables.data.source import prepare_data
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Runtime
-from trainables.segmentation import resolve_trial_config, train_segmentation
+from trainables.segmentation import train_segmentation
 from trainables.trial import prepare_trial_fold
 
-SPEC_FILE = "camsweep-spec.yaml"
-FOLDS_FILE = "camsweep-folds.json"
 METRIC_MODE = "max"
 
 
@@ -285,9 +282,3 @@ def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
     data_ref, folds, _ = _start(spec, data, address, run_dir)
     build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote).fit()
     return run_dir
-
-
-def trial_config_of(run_dir: Path, params: dict[str, Any]):
-    """The full trial config of one trial of a run (for status and export)."""
-    spec = load_spec(run_dir / SPEC_FILE)
-    return resolve_trial_config(spec.base_trial(), AXES, params)

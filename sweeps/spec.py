@@ -32,6 +32,9 @@ from trainables.config import (
 from trainables.data.polypgen import scan_polypgen
 from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
 
+# Files camsweep keeps in every run folder, next to Tune's.
+SPEC_FILE = "camsweep-spec.yaml"  # the resolved spec
+FOLDS_FILE = "camsweep-folds.json"  # which folds were prepared or reused
 SELECTION_METRICS = ("val/dice", "val/iou", "val/recall", "val/precision", "val/accuracy")
 
 

@@ -372,8 +372,8 @@ def test_export_of_a_real_sweep_writes_every_file_and_lists_left_out_trials(
     tmp_path, local_ray, capsys
 ):
     from sweeps.cli import main
-    from sweeps.launch import SPEC_FILE, run_sweep
-    from sweeps.spec import load_spec
+    from sweeps.launch import run_sweep
+    from sweeps.spec import SPEC_FILE, load_spec
     from sweeps.status import read_run
 
     spec = load_spec("tiny.yaml", raw=tiny_optuna_spec(tmp_path), local_gpus=0)
