@@ -20,6 +20,7 @@ import pyarrow.fs
 import ray
 import yaml
 from ray import tune
+from ray._private import ray_constants
 
 from search_spaces.build import build_search
 from sweeps.spec import FOLDS_FILE, SPEC_FILE, SpecError, SweepSpec, load_spec
@@ -45,15 +46,23 @@ def init_ray(spec: SweepSpec, address: str | None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
+        return
+    # A single-machine Ray needs no network, so every Ray server binds loopback only. Ray 2.60
+    # rewrites a node IP of 127.0.0.1 to the machine's routable address (so ``_node_ip_address``
+    # alone does nothing) unless it believes clusters are disabled — its Windows/macOS mode, in
+    # which the GCS, raylet, workers and agents all bind 127.0.0.1. That switch is a module
+    # constant read when the node starts; flip it only for this start.
+    cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
         ray.init(
             num_cpus=spec.ray.num_cpus,
             object_store_memory=spec.ray.object_store_mb << 20,
             include_dashboard=spec.ray.dashboard,
             dashboard_host="127.0.0.1",
-            # A single-machine Ray needs no network: bind it to loopback only.
-            _node_ip_address="127.0.0.1",
         )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_switch
 
 
 def cluster_problems(spec: SweepSpec, address: str | None) -> list[str]:

@@ -1,0 +1,117 @@
+"""The embedded Ray that `camsweep run` starts must not be reachable from the network."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
+
+# Runs in its own process so it starts a fresh Ray through camsweep's own init_ray, and the
+# process tree it inspects holds only that Ray (GCS, raylet, agents, a worker).
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+
+    import ray
+    from sweeps.launch import init_ray
+    from sweeps.spec import load_spec
+    from tests.test_ray_exposure import listening_addresses
+
+    spec = load_spec("probe.yaml", raw=json.loads(sys.argv[1]), local_gpus=0)
+    init_ray(spec, address=None)
+    ray.get(ray.remote(lambda: 1).remote())  # make sure a worker process is up and serving
+    print(json.dumps(listening_addresses(os.getpid())))
+    ray.shutdown()
+    """
+)
+
+
+def _listening_inodes() -> dict[str, str]:
+    """inode → "ip:port" of every listening TCP socket on the machine."""
+    found = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A":  # TCP_LISTEN
+                continue
+            hex_ip, hex_port = local.split(":")
+            assert len(hex_ip) == width
+            # /proc prints each 32-bit word in host (little-endian) byte order.
+            raw = b"".join(bytes.fromhex(hex_ip[i : i + 8])[::-1] for i in range(0, width, 8))
+            ip = ipaddress.ip_address(raw)
+            found[inode] = f"{ip}:{int(hex_port, 16)}"
+    return found
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name (field 2) may hold spaces; the parent pid follows the last ')'.
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def listening_addresses(root: int) -> dict[str, list[str]]:
+    """Listening addresses of `root` and every process below it, by process name."""
+    inodes = _listening_inodes()
+    result: dict[str, list[str]] = {}
+    for pid in _descendants(root):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                result.setdefault(f"{name}[{pid}]", []).append(inodes[target[8:-1]])
+    return result
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+@pytest.mark.slow
+def test_embedded_ray_listens_on_loopback_only(tmp_path):
+    from tests.test_sweep import tiny_spec
+
+    raw = tiny_spec(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(raw)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    listening = json.loads(done.stdout.strip().splitlines()[-1])
+    names = " ".join(listening)
+    # The servers that matter were seen at all (else the check below would pass vacuously).
+    assert "gcs_server" in names and "raylet" in names, listening
+    exposed = {proc: [a for a in addrs if not _is_loopback(a)] for proc, addrs in listening.items()}
+    assert not any(exposed.values()), exposed
