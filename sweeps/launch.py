@@ -23,7 +23,7 @@ from ray import tune
 from ray._private import ray_constants
 
 from search_spaces.build import build_search
-from sweeps.spec import FOLDS_FILE, SPEC_FILE, SpecError, SweepSpec, load_spec
+from sweeps.spec import FOLDS_FILE, SPEC_FILE, RayConfig, SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
 from trainables.data.cache import DecodedData
 from trainables.data.source import prepare_data
@@ -38,7 +38,7 @@ METRIC_MODE = "max"
 # --- Ray ------------------------------------------------------------------------------------------
 
 
-def init_ray(spec: SweepSpec, address: str | None) -> None:
+def init_ray(config: RayConfig, address: str | None) -> None:
     """Connects to a cluster, or starts a small embedded one (localhost only, no dashboard)."""
     # Frequent small checkpoints make Tune warn about experiment snapshots; they are cheap here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -56,9 +56,9 @@ def init_ray(spec: SweepSpec, address: str | None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(
-            num_cpus=spec.ray.num_cpus,
-            object_store_memory=spec.ray.object_store_mb << 20,
-            include_dashboard=spec.ray.dashboard,
+            num_cpus=config.num_cpus,
+            object_store_memory=config.object_store_mb << 20,
+            include_dashboard=config.dashboard,
             dashboard_host="127.0.0.1",
         )
     finally:
@@ -242,7 +242,7 @@ def local_mirror(name: str) -> Path:
 
 
 def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Path):
-    init_ray(spec, address)
+    init_ray(spec.ray, address)
     problems = cluster_problems(spec, address)
     if problems:
         raise SpecError("cluster", problems)

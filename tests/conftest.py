@@ -52,8 +52,11 @@ def local_ray():
     """The small local Ray shared by every test that needs one (started on first use)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=256 << 20, include_dashboard=False)
+    from sweeps.launch import init_ray
+    from sweeps.spec import RayConfig
+
+    # Started the way `camsweep run` starts it (loopback only), so the tests run on that Ray.
+    init_ray(RayConfig(num_cpus=2, object_store_mb=256), address=None)
     yield ray
 
 

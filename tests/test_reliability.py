@@ -101,6 +101,25 @@ def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
         cluster.shutdown()
 
 
+@pytest.mark.slow
+def test_corrupted_latest_checkpoint_in_a_running_sweep_falls_back_to_the_previous_one(
+    tmp_path, local_ray
+):
+    raw = tiny_spec(tmp_path, space={"arch": "unet", "held_out_centre": {"grid": [2]}})
+    raw["train"].update(epochs=3, checkpoint_every=1)
+    [clean] = read_run(run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0)))
+    # At the start of epoch 3 the trial truncates its stored epoch-2 checkpoint, then crashes.
+    raw["fault"] = {"raise_at_epoch": 3, "corrupt_checkpoint": True}
+    [trial] = read_run(run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0)))
+    assert trial.finished and trial.failures == 1, trial.error
+    epochs = [json.loads(line)["epoch"] for line in (trial.path / "result.json").open()]
+    # The retry found epoch 2's checkpoint corrupt, resumed from epoch 1's and redid epoch 2.
+    assert epochs == [1, 2, 2, 3]
+    # …and ended exactly where an uninterrupted trial ends (resume is deterministic).
+    assert trial.final["test_out/dice"] == pytest.approx(clean.final["test_out/dice"], abs=1e-6)
+    assert trial.final["val/dice"] == pytest.approx(clean.final["val/dice"], abs=1e-6)
+
+
 # --- bad-input corpus: one clear message naming the culprit, exit 2, no traceback, nothing run --
 
 

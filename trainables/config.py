@@ -132,6 +132,11 @@ class FaultConfig(Strict):
 
     raise_at_epoch: int | None = Field(None, ge=1, description="raise an error at this epoch")
     nan_at_epoch: int | None = Field(None, ge=1, description="poison the weights: NaN loss")
+    corrupt_checkpoint: bool = Field(
+        False,
+        description="in a sweep, with raise_at_epoch: truncate the newest stored "
+        "checkpoint before raising, as a crash mid-copy would leave it",
+    )
     once: bool = Field(True, description="fire only when not resuming from a checkpoint")
     seeds: list[int] | None = Field(None, description="only trials with these seeds (None: all)")
 

@@ -26,7 +26,14 @@ from trainables.data.cache import DecodedData
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Runtime
 from trainables.examples import PANELS, example_strips
-from trainables.trial import BEST_FILE, PER_IMAGE_FILE, STATE_FILE, needs_fold, run_segmentation
+from trainables.trial import (
+    BEST_FILE,
+    PER_IMAGE_FILE,
+    STATE_FILE,
+    InjectedFault,
+    needs_fold,
+    run_segmentation,
+)
 
 log = logging.getLogger("camsweep.trial")
 EXAMPLES_PER_SPLIT = 3
@@ -152,20 +159,25 @@ def train_segmentation(
             ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
             tune.report(metrics, checkpoint=ckpt)
 
-        result = run_segmentation(
-            cfg,
-            data,
-            split,
-            fold,
-            trial_dir,
-            report=report,
-            resume_dir=resume_dir,
-            checkpoint_dir=work / "checkpoint",
-            provenance={
-                "trial_id": tune.get_context().get_trial_id(),
-                "ray_node_id": ray.get_runtime_context().get_node_id(),
-            },
-        )
+        try:
+            result = run_segmentation(
+                cfg,
+                data,
+                split,
+                fold,
+                trial_dir,
+                report=report,
+                resume_dir=resume_dir,
+                checkpoint_dir=work / "checkpoint",
+                provenance={
+                    "trial_id": tune.get_context().get_trial_id(),
+                    "ray_node_id": ray.get_runtime_context().get_node_id(),
+                },
+            )
+        except InjectedFault:
+            if cfg.fault.corrupt_checkpoint:
+                _truncate(tune.get_checkpoint())
+            raise
         if tracker.run is not None and result.model is not None:
             tracker.log_final(
                 result.metrics,
@@ -175,6 +187,16 @@ def train_segmentation(
     finally:
         tracker.finish()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _truncate(checkpoint) -> None:
+    """Test-only fault: cut the stored copy of the trial's newest checkpoint in half (local
+    storage), so the retry must detect it and fall back to the previous one."""
+    state = Path(checkpoint.path) / STATE_FILE if checkpoint is not None else None
+    if state is not None and state.exists():
+        with state.open("r+b") as fh:
+            fh.truncate(state.stat().st_size // 2)
+        log.warning("fault injection: truncated %s", state)
 
 
 def _resume_dir(checkpoint, work: Path) -> Path | None:

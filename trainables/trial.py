@@ -288,6 +288,10 @@ def run_segmentation(
     return TrialResult(final, history, out_dir, model)
 
 
+class InjectedFault(RuntimeError):
+    """The error ``fault.raise_at_epoch`` raises."""
+
+
 def _inject_fault(cfg: TrialConfig, epoch: int, model, resumed: bool) -> None:
     """Test-only faults (``cfg.fault``); does nothing unless a fault epoch is set. ``once``:
     only on a fresh start, so a retry that resumes from a checkpoint gets past it."""
@@ -297,7 +301,7 @@ def _inject_fault(cfg: TrialConfig, epoch: int, model, resumed: bool) -> None:
     if fault.seeds is not None and cfg.seed not in fault.seeds:
         return
     if epoch == fault.raise_at_epoch:
-        raise RuntimeError(f"injected fault at epoch {epoch}")
+        raise InjectedFault(f"injected fault at epoch {epoch}")
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(float("nan"))
