@@ -1,15 +1,20 @@
-"""Training throughput: the paper's setting vs camsweep's fast path, trial packing, TFLOP/s, and
-the GPU-hours of sweeps/paper-table1.yaml.
+"""Training throughput: the paper's setting vs camsweep's fast path, trial packing, TFLOP/s,
+the recommended ``resources.per_arch`` and the GPU-hours of sweeps/paper-table1.yaml.
 
+Per architecture (UNet-resnet34, DeepLabV3+-resnet101, SDNet at 256² on CUDA):
 - paper: batch 4, fp32, per-sample albumentations DataLoader (the CPU data path);
-- fast: larger batch, bf16 autocast, channels_last, frames and augmentation on the GPU;
-- packing: 1, 2 and 4 concurrent trial processes on one device → trial-epochs per GPU-hour;
-- achieved TFLOP/s of the training step (torch's FLOP counter) against the device's peak.
+- fast: batch 16, bf16 autocast, channels_last, frames and augmentation on the GPU;
+- achieved TFLOP/s of the fast training step (torch's FLOP counter) against the device's peak;
+- packing: 1, 2 and 4 concurrent trial processes on one device, each the sweep's fast path at
+  the sweep's batch size (4) → trial-epochs per device-hour (target ≥ 4× one paper-setting
+  trial per GPU) and peak memory per trial;
+- the recommended trials per device (fewest within 10 % of the best aggregate that fit in
+  memory), printed as a ``resources.per_arch`` line for the sweep spec.
 
-On a CUDA machine: UNet-resnet34 and DeepLabV3+-resnet101 at 256². Without CUDA a reduced CPU
-version runs (tiny models, 64 px) so the benchmark cannot rot; its figures are not GPU figures.
+Without CUDA a reduced CPU version runs (tiny models, 64 px) so the benchmark cannot rot; its
+figures are not GPU figures.
 
-    python benchmarks/gpu.py [--seconds 20]
+    python benchmarks/gpu.py [--seconds 10] [--archs unet,deeplabv3plus,sdnet]
 """
 
 from __future__ import annotations
@@ -38,18 +43,20 @@ from trainables.models import build_model
 
 # Dense bf16 peak of known GPUs (TFLOP/s), for the utilisation figure.
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-PAPER_TRIALS, PAPER_EPOCHS = 72, 300
+PAPER_TRIALS, PAPER_EPOCHS = 72, 300  # 3 architectures × 24 trials
+ARCHS = ("unet", "deeplabv3plus", "sdnet")
+SWEEP_BATCH = 4  # the paper's batch size, which sweeps/paper-table1.yaml keeps
 # Mean training-split size over the six folds: 80 % of the other centres' 1537 - 1537/6 frames.
 PAPER_IMAGES_PER_EPOCH = 0.8 * (1537 - 1537 / 6)
 
 
-def _setup(cuda: bool):
+def _setup(cuda: bool, cache_dir: str):
+    """Synthetic frames, decoded once into ``cache_dir`` (the packed workers reuse it)."""
     size = 256 if cuda else 64
-    tmp = tempfile.mkdtemp()
     cfg = load_trial_config(
         None,
         {
-            "data.cache_dir": tmp,
+            "data.cache_dir": cache_dir,
             "data.image_size": size,
             "data.synthetic.per_centre": 16,
             "data.synthetic.size": f"{size * 2}x{size * 2}",
@@ -96,92 +103,110 @@ def _rate(arch, variant, data, *, batch, amp, on_device, seconds, device) -> tup
 
 
 def worker(args) -> None:
+    """One packed trial: the sweep's fast path at the sweep's batch size."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    data, _ = _setup(cuda)
+    data, _ = _setup(cuda, args.cache_dir)
     rate, _ = _rate(args.arch, args.variant, data, batch=args.batch, amp=cuda, on_device=True,
                     seconds=args.seconds, device=device)  # fmt: skip
-    print(json.dumps({"rate": rate}))
+    peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
+    print(json.dumps({"rate": rate, "peak_gib": peak}))
 
 
-def packed(n: int, args, arch: str, variant: str, batch: int) -> float:
-    """Aggregate images/s of n concurrent trial processes on one device."""
+def packed(n: int, args, arch: str, variant: str, batch: int) -> tuple[float, float | None]:
+    """(aggregate images/s, peak GiB of one trial) of n concurrent trial processes on one
+    device."""
     cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
-           "--batch", str(batch), "--seconds", str(args.seconds)]  # fmt: skip
+           "--batch", str(batch), "--seconds", str(args.seconds),
+           "--cache-dir", args.cache_dir]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    return sum(json.loads(p.communicate()[0].strip().splitlines()[-1])["rate"] for p in procs)
+    rows = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    peaks = [r["peak_gib"] for r in rows if r["peak_gib"] is not None]
+    return sum(r["rate"] for r in rows), max(peaks) if peaks else None
+
+
+def trials_per_device(aggregate: dict[int, float], peak_gib: float | None,
+                      device_gib: float | None) -> int:  # fmt: skip
+    """The fewest concurrent trials whose aggregate throughput is within 10 % of the best
+    measured, among those whose memory fits in 90 % of the device: more trials per GPU beyond
+    that only slow each trial down (and a lost GPU then loses more of them)."""
+    fits = {
+        n: a
+        for n, a in aggregate.items()
+        if peak_gib is None or device_gib is None or n * peak_gib <= 0.9 * device_gib
+    } or {1: aggregate[1]}
+    best = max(fits.values())
+    return min(n for n, a in fits.items() if a >= 0.9 * best)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--arch", default="unet")
     parser.add_argument("--variant", default="paper")
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=SWEEP_BATCH)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--archs", default=",".join(ARCHS))
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="camsweep-gpu-bench-")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    data, size = _setup(cuda)
+    data, size = _setup(cuda, args.cache_dir)
     variant = "paper" if cuda else "tiny"
     fast_batch = 16 if cuda else 8
-    peak = next(
-        (v for k, v in PEAK_BF16.items() if cuda and k in torch.cuda.get_device_name()), None
-    )
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
+    device_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None
     extra = {"image_size": size, "variant": variant, "reduced_cpu_version": not cuda}
-    rates = {}
-    for arch in ("unet", "deeplabv3plus"):
-        paper, _ = _rate(
-            arch,
-            variant,
-            data,
-            batch=4,
-            amp=False,
-            on_device=False,
-            seconds=args.seconds,
-            device=device,
-        )
-        fast, flops = _rate(
-            arch,
-            variant,
-            data,
-            batch=fast_batch,
-            amp=cuda,
-            on_device=True,
-            seconds=args.seconds,
-            device=device,
-        )
-        rates[arch] = (paper, fast)
-        emit(
-            f"gpu.{arch}.paper_setting",
-            paper,
-            "images/s",
-            batch=4,
-            precision="fp32",
-            data_path="loader",
-            **extra,
-        )
+    hours_paper = hours_fast = 0.0
+    per_arch = {}
+    for arch in args.archs.split(","):
+        paper, _ = _rate(arch, variant, data, batch=SWEEP_BATCH, amp=False, on_device=False,
+                         seconds=args.seconds, device=device)  # fmt: skip
+        emit(f"gpu.{arch}.paper_setting", paper, "images/s", batch=SWEEP_BATCH,
+             precision="fp32", data_path="loader", **extra)  # fmt: skip
+        fast, flops = _rate(arch, variant, data, batch=fast_batch, amp=cuda, on_device=True,
+                            seconds=args.seconds, device=device)  # fmt: skip
         emit(f"gpu.{arch}.fast_path", fast, "images/s", baseline=paper, batch=fast_batch,
              precision="bf16" if cuda else "fp32", data_path="device", **extra)  # fmt: skip
         tflops = fast * flops / 1e12
         emit(f"gpu.{arch}.achieved_tflops", tflops, "TFLOP/s",
              peak=peak, utilisation=round(tflops / peak, 4) if peak else None, **extra)  # fmt: skip
-    # Trial packing: trial-epochs per device-hour with 1, 2, 4 concurrent trials.
-    aggregate = {n: packed(n, args, "unet", variant, fast_batch) for n in (1, 2, 4)}
-    for n, agg in aggregate.items():
-        emit("gpu.unet.trial_epochs_per_device_hour", agg * 3600 / PAPER_IMAGES_PER_EPOCH,
-             "trial-epochs/h", baseline=rates["unet"][0] * 3600 / PAPER_IMAGES_PER_EPOCH,
-             concurrent_trials=n, **extra)  # fmt: skip
-    packing_gain = max(aggregate.values()) / aggregate[1]
-    # Device-hours of the paper grid (training steps only; validation and tests add a few %).
-    images = PAPER_TRIALS * PAPER_EPOCHS * PAPER_IMAGES_PER_EPOCH
-    paper_hours = images / np.mean([r[0] for r in rates.values()]) / 3600
-    fast_hours = images / (np.mean([r[1] for r in rates.values()]) * packing_gain) / 3600
-    emit("gpu.paper_table1.hours_paper_setting", paper_hours, "device-hours", **extra)
-    emit("gpu.paper_table1.hours_fast_path", fast_hours, "device-hours", baseline=paper_hours,
-         packing_gain=round(packing_gain, 3), **extra)  # fmt: skip
+        # Packing, as the sweep runs: fast path at the sweep's batch size, n trials per device.
+        runs = {n: packed(n, args, arch, variant, SWEEP_BATCH) for n in (1, 2, 4)}
+        aggregate = {n: r[0] for n, r in runs.items()}
+        trial_gib = runs[1][1]
+        for n, agg in aggregate.items():
+            emit(f"gpu.{arch}.trial_epochs_per_device_hour", epochs_per_hour(agg),
+                 "trial-epochs/h", baseline=epochs_per_hour(paper), target_ratio=4,
+                 concurrent_trials=n, batch=SWEEP_BATCH, **extra)  # fmt: skip
+        if trial_gib is not None:
+            emit(f"gpu.{arch}.memory_per_trial", trial_gib, "GiB", device_gib=device_gib,
+                 batch=SWEEP_BATCH, **extra)  # fmt: skip
+        n = trials_per_device(aggregate, trial_gib, device_gib)
+        per_arch[arch] = round(1 / n, 4)
+        emit(f"gpu.{arch}.recommended_trials_per_device", n, "trials",
+             resources_gpu=per_arch[arch], **extra)  # fmt: skip
+        # Device-hours of this architecture's share of the paper grid (training steps only;
+        # validation and tests add a few %): one trial per device at the paper setting, vs
+        # n packed fast-path trials per device.
+        images = PAPER_TRIALS / 3 * PAPER_EPOCHS * PAPER_IMAGES_PER_EPOCH
+        hours_paper += images / paper / 3600
+        hours_fast += images / aggregate[n] / 3600
+    emit("gpu.paper_table1.hours_paper_setting", hours_paper, "device-hours", **extra)
+    emit("gpu.paper_table1.hours_fast_path", hours_fast, "device-hours", baseline=hours_paper,
+         **extra)  # fmt: skip
+    emit("gpu.recommended_resources", len(per_arch), "archs", per_arch_gpu=per_arch, **extra)
+    snippet = ", ".join(f"{a}: {{gpu: {g:g}}}" for a, g in per_arch.items())
+    print(f"# resources.per_arch from this run: {{{snippet}}}", file=sys.stderr)
+
+
+def epochs_per_hour(images_per_s: float) -> float:
+    """Trial-epochs per device-hour of the paper grid's mean training split."""
+    return images_per_s * 3600 / PAPER_IMAGES_PER_EPOCH
 
 
 if __name__ == "__main__":

@@ -816,11 +816,11 @@ def _arm(p: float, continuous: bool) -> str:
 def compute_cost(spec: SweepSpec, records: Sequence[TrialRecord]) -> Cost:
     """Resource-hours per fold, per arm, per architecture and in total, over every trial that
     ran (finished, stopped, errored or running: all of them used the resources)."""
-    gpu = spec.resources.gpu
-    unit, per_trial = ("GPU-hours", gpu) if gpu > 0 else ("CPU-hours", spec.resources.cpu)
+    kind = "gpu" if spec.resources.most()["gpu"] > 0 else "cpu"
+    unit = f"{kind.upper()}-hours"
     p_axis = next((a for a in spec.axes if a.name == "p"), None)
     continuous = p_axis is not None and p_axis.form in ("uniform", "loguniform")
-    totals: dict[tuple[str, str], list[float]] = {}
+    totals: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (run seconds, share)
     untimed = 0
     for record in records:
         seconds = trial_seconds(record)
@@ -828,24 +828,25 @@ def compute_cost(spec: SweepSpec, records: Sequence[TrialRecord]) -> Cost:
             untimed += 1
             continue
         cfg = spec.trial_config(record.config)
+        share = spec.resources.of(cfg.model.arch)[kind]
         for group_by, value in (
             ("held_out_centre", f"C{cfg.held_out_centre}"),
             ("arm", _arm(cfg.masking.p, continuous)),
             ("arch", cfg.model.arch),
             ("total", "all"),
         ):
-            totals.setdefault((group_by, value), []).append(seconds)
+            totals.setdefault((group_by, value), []).append((seconds, share))
     order = {"held_out_centre": 0, "arm": 1, "arch": 2, "total": 3}
     rows = [
         {
             "group_by": group_by,
             "value": value,
-            "trials": len(seconds),
-            "run_seconds": round(sum(seconds), 1),
-            "hours": round(sum(seconds) * per_trial / 3600, 4),
+            "trials": len(timed),
+            "run_seconds": round(sum(t for t, _ in timed), 1),
+            "hours": round(sum(t * share for t, share in timed) / 3600, 4),
             "unit": unit,
         }
-        for (group_by, value), seconds in sorted(
+        for (group_by, value), timed in sorted(
             totals.items(), key=lambda i: (order[i[0][0]], i[0][1])
         )
     ]
@@ -854,7 +855,11 @@ def compute_cost(spec: SweepSpec, records: Sequence[TrialRecord]) -> Cost:
 
 def format_cost(cost: Cost, spec: SweepSpec) -> str:
     res = spec.resources
-    per = f"{res.gpu:g} GPU" if res.gpu > 0 else f"{res.cpu:g} CPU"
+    kind = cost.unit.split("-")[0].lower()
+    shares = {arch: res.of(arch)[kind] for arch in res.per_arch}
+    per = f"{getattr(res, kind):g} {kind.upper()}"
+    if shares:
+        per += " (" + ", ".join(f"{a} {v:g}" for a, v in shares.items()) + ")"
     lines = [f"cost ({cost.unit}: trial run time × {per} per trial)"]
     lines += [
         f"  {r['group_by']:<16} {r['value']:<18} {r['trials']:>4} trial(s) {r['hours']:>10.4f}"

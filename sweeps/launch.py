@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +70,15 @@ def cluster_problems(spec: SweepSpec, address: str | None) -> list[str]:
     """Checks the spec against the cluster it will run on (GPUs, shared storage)."""
     problems = []
     resources = ray.cluster_resources()
-    if spec.resources.gpu > 0 and resources.get("GPU", 0) == 0:
+    most = spec.resources.most()
+    if most["gpu"] > 0 and resources.get("GPU", 0) == 0:
         problems.append(
-            f"resources.gpu {spec.resources.gpu}: the Ray cluster has no GPU — set "
-            "resources.gpu: 0 or add GPU workers"
+            f"resources.gpu {most['gpu']:g}: the Ray cluster has no GPU — set "
+            "resources.gpu: 0 (and no per_arch GPUs) or add GPU workers"
         )
-    if spec.resources.cpu > resources.get("CPU", 0):
+    if most["cpu"] > resources.get("CPU", 0):
         problems.append(
-            f"resources.cpu {spec.resources.cpu}: more than the cluster's {resources.get('CPU', 0)} CPUs"
+            f"resources.cpu {most['cpu']:g}: more than the cluster's {resources.get('CPU', 0)} CPUs"
         )
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if address and len(alive) > 1 and "://" not in spec.storage.path:
@@ -159,6 +161,12 @@ def prepare_folds(
 # --- Tune -------------------------------------------------------------------------------------------
 
 
+def _trial_resources(resources, default_arch: str, config: dict[str, Any]):
+    """Tune asks per trial, with the trial's axis values: each architecture its own share."""
+    share = resources.of(config.get("arch", default_arch))
+    return tune.PlacementGroupFactory([{"CPU": share["cpu"], "GPU": share["gpu"]}])
+
+
 def build_tuner(
     spec: SweepSpec,
     run_dir: Path,
@@ -194,7 +202,7 @@ def build_tuner(
             folds=folds,
             wandb_settings=wandb_settings(spec, run_dir),
         ),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        partial(_trial_resources, spec.resources, spec.model.arch),
     )
     if restore:
         return tune.Tuner.restore(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from search_spaces.axes import AXES, Axis, parse_axis
 from trainables.config import (
@@ -52,9 +52,45 @@ class SchedulerConfig(Strict):
     reduction_factor: float = Field(3.0, gt=1)
 
 
+class ResourceShare(Strict):
+    """One architecture's override of the per-trial resources (unset: the sweep's default)."""
+
+    cpu: float | None = Field(None, gt=0)
+    gpu: float | None = Field(None, ge=0)
+
+
 class ResourcesConfig(Strict):
+    """Per-trial resources. Architectures differ several-fold in memory and compute, so each may
+    pack differently on a GPU: ``per_arch: {deeplabv3plus: {gpu: 1}}`` next to ``gpu: 0.5``."""
+
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0, description="fractions pack several trials on one GPU")
+    per_arch: dict[str, ResourceShare] = Field(default_factory=dict)
+
+    @field_validator("per_arch")
+    @classmethod
+    def _known_archs(cls, per_arch: dict[str, ResourceShare]) -> dict[str, ResourceShare]:
+        from trainables.models import MODEL_NAMES
+
+        unknown = sorted(set(per_arch) - set(MODEL_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown architecture(s) {', '.join(unknown)}; valid: {', '.join(MODEL_NAMES)}"
+            )
+        return per_arch
+
+    def of(self, arch: str) -> dict[str, float]:
+        """{"cpu", "gpu"} of one trial of this architecture."""
+        share = self.per_arch.get(arch, ResourceShare())
+        return {
+            "cpu": self.cpu if share.cpu is None else share.cpu,
+            "gpu": self.gpu if share.gpu is None else share.gpu,
+        }
+
+    def most(self) -> dict[str, float]:
+        """The largest cpu and gpu any trial asks for (what the cluster must offer)."""
+        shares = [self.of(a) for a in self.per_arch] + [{"cpu": self.cpu, "gpu": self.gpu}]
+        return {k: max(s[k] for s in shares) for k in ("cpu", "gpu")}
 
 
 class WandbConfig(Strict):
@@ -209,10 +245,11 @@ def spec_problems(
                     f"space.held_out_centre: centre {c} is not in the data (centres: {centres})"
                 )
     problems += _storage_problems(spec)
-    if local_gpus is not None and spec.resources.gpu > 0 and local_gpus == 0:
+    gpu = spec.resources.most()["gpu"]
+    if local_gpus is not None and gpu > 0 and local_gpus == 0:
         problems.append(
-            f"resources.gpu {spec.resources.gpu}: no GPU on this machine — set resources.gpu: 0, "
-            "or run on a cluster with GPUs (--address)"
+            f"resources.gpu {gpu:g}: no GPU on this machine — set resources.gpu: 0 (and no "
+            "per_arch GPUs), or run on a cluster with GPUs (--address)"
         )
     return problems
 

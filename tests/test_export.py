@@ -316,6 +316,12 @@ def test_cost_is_run_time_times_resources_per_fold_and_arm(tmp_path):
     assert hours[("arm", "p=0 (baseline)")] == pytest.approx(0.5)
     assert hours[("arm", "p=0.5")] == pytest.approx(1.25)
     assert hours[("total", "all")] == pytest.approx(1.75)
+    # An architecture's own share counts for its trials (here all are unet, at a whole GPU).
+    per_arch = {"cpu": 4, "gpu": 0.5, "per_arch": {"unet": {"gpu": 1}}}
+    whole = compute_cost(_spec(space=space, resources=per_arch), records)
+    assert {(r["group_by"], r["value"]): r["hours"] for r in whole.rows}[
+        ("total", "all")
+    ] == pytest.approx(3.5)
     cpu = compute_cost(_spec(space=space, resources={"cpu": 2, "gpu": 0}), records)
     assert cpu.unit == "CPU-hours"
     assert {(r["group_by"], r["value"]): r["hours"] for r in cpu.rows}[

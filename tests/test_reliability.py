@@ -205,6 +205,14 @@ CORPUS = {
     "bad name": (_set("name", "my sweep!"), "name"),
     "gpu requested, none here": (_set("resources.gpu", 0.5), "resources.gpu 0.5: no GPU"),
     "zero cpus": (_set("resources.cpu", 0), "resources.cpu"),
+    "per-arch resources for an unknown arch": (
+        _set("resources.per_arch", {"unett": {"gpu": 1}}),
+        "resources.per_arch: Value error, unknown architecture(s) unett",
+    ),
+    "per-arch gpu, none here": (
+        _set("resources.per_arch", {"unet": {"gpu": 0.25}}),
+        "resources.gpu 0.25: no GPU on this machine",
+    ),
     "storage under a file": (
         lambda raw, tmp: (
             tmp.joinpath("f").write_text(""),

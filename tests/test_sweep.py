@@ -47,6 +47,23 @@ def tiny_spec(tmp_path: Path, **changes) -> dict:
     return raw
 
 
+@pytest.mark.slow
+def test_each_architecture_gets_its_own_resources(tmp_path, local_ray):
+    raw = tiny_spec(
+        tmp_path,
+        space={"arch": {"grid": ["unet", "deeplabv3plus"]}, "held_out_centre": {"grid": [2]}},
+        resources={"cpu": 1, "gpu": 0, "per_arch": {"deeplabv3plus": {"cpu": 2}}},
+    )
+    trials = read_run(run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0)))
+    assert all(t.finished for t in trials), format_status(trials, ["arch"])
+    granted = {
+        t.config["arch"]: json.loads((t.path / "results.json").read_text())["provenance"]
+        for t in trials
+    }
+    assert granted["unet"]["resources"] == {"CPU": 1.0}
+    assert granted["deeplabv3plus"]["resources"] == {"CPU": 2.0}
+
+
 def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(tmp_path, local_ray):
     raw = tiny_spec(tmp_path)
     spec = load_spec("tiny.yaml", raw=raw, local_gpus=0)

@@ -136,8 +136,8 @@ def train_segmentation(
     context = tune.get_context()
     sweep = (wandb_settings or {}).get("group", "camsweep")
     tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
-    cpus = int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
-    torch.set_num_threads(max(1, cpus))
+    resources = tune.get_context().get_trial_resources().required_resources
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     split = leave_one_centre_out(
         data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed
     )
@@ -172,6 +172,7 @@ def train_segmentation(
                 provenance={
                     "trial_id": tune.get_context().get_trial_id(),
                     "ray_node_id": ray.get_runtime_context().get_node_id(),
+                    "resources": {k: resources[k] for k in ("CPU", "GPU") if k in resources},
                 },
             )
         except InjectedFault:
