@@ -102,6 +102,25 @@ def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
+def test_trial_that_keeps_raising_is_errored_with_its_reason(tmp_path, local_ray, capsys):
+    raw = tiny_spec(
+        tmp_path,
+        space={"arch": "unet", "held_out_centre": {"grid": [2]}, "seed": {"grid": [0, 1]}},
+        fault={"raise_at_epoch": 1, "once": False, "seeds": [1]},
+    )
+    run_dir = run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0))
+    trials = {t.config["seed"]: t for t in read_run(run_dir)}
+    assert trials[0].finished
+    assert trials[1].status == "ERROR" and "injected fault at epoch 1" in (trials[1].error or "")
+    assert trials[1].failures == 3  # the first attempt and Tune's two retries
+    assert main(["status", str(run_dir)]) == 0
+    assert "injected fault at epoch 1" in capsys.readouterr().out
+    assert main(["export", str(run_dir), "--no-wandb"]) == 0
+    out = capsys.readouterr().out
+    assert trials[1].trial_id in out and "left out" in out
+
+
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_in_a_running_sweep_falls_back_to_the_previous_one(
     tmp_path, local_ray
 ):
