@@ -1,6 +1,7 @@
-"""Sweep overhead of the demo sweep: time to the first reported result, and the share of wall
-time spent outside trials' training steps (Ray start-up, data and fold preparation, scheduling,
-validation, checkpointing, testing).
+"""Sweep overhead of the demo sweep: time to the first reported result, the share of wall time
+spent outside trials' training steps (Ray start-up, data and fold preparation, scheduling,
+validation, checkpointing, testing), and fold reuse: classifier trainings and CAM passes per
+sweep (one per fold) against the trials that use them.
 
     python benchmarks/sweep_overhead.py [--spec sweeps/demo.yaml]
 """
@@ -44,6 +45,10 @@ def main() -> None:
             for h in json.loads((t.path / "results.json").read_text())["history"]
         )
         folds = json.loads((run_dir / "camsweep-folds.json").read_text())
+        # Trials that used a fold's classifier and CAMs: without reuse, each would train one.
+        masked = sum(
+            json.loads((t.path / "results.json").read_text())["fold"] is not None for t in trials
+        )
     import ray
 
     slots = min(
@@ -59,6 +64,14 @@ def main() -> None:
         folds["seconds"],
         "s",
         folds=len(folds["trained"]),
+        **extra,
+    )
+    emit(
+        "sweep_overhead.classifier_trainings_and_cam_passes",
+        len(folds["trained"]),
+        "per sweep",
+        baseline=masked,
+        baseline_is="trials that use a fold's classifier and CAMs",
         **extra,
     )
     emit("sweep_overhead.training_steps", train_s, "s", **extra)

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
+from sweeps.cost import _last_json_line, compute_cost
 from sweeps.export import (
     ORACLE_LABEL,
     Selection,
     TrialData,
-    _last_json_line,
     _leave_out_reason,
     best_configs,
-    compute_cost,
     group_settings,
     param_importance,
     render_csv,
