@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,7 @@ def _rate(arch, variant, data, *, batch, amp, on_device, seconds, device) -> tup
 
 def worker(args) -> None:
     """One packed trial: the sweep's fast path at the sweep's batch size."""
+    torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     data, _ = _setup(cuda, args.cache_dir)
@@ -116,9 +118,12 @@ def worker(args) -> None:
 def packed(n: int, args, arch: str, variant: str, batch: int) -> tuple[float, float | None]:
     """(aggregate images/s, peak GiB of one trial) of n concurrent trial processes on one
     device."""
+    # Each trial gets its share of the cores, as the sweep's trials do (resources.cpu): n
+    # processes each spinning on every core would measure oversubscription, not packing.
+    threads = max(1, (os.cpu_count() or 1) // n)
     cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
            "--batch", str(batch), "--seconds", str(args.seconds),
-           "--cache-dir", args.cache_dir]  # fmt: skip
+           "--cache-dir", args.cache_dir, "--threads", str(threads)]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     rows = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
     peaks = [r["peak_gib"] for r in rows if r["peak_gib"] is not None]
@@ -148,6 +153,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=SWEEP_BATCH)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--archs", default=",".join(ARCHS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker only")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
