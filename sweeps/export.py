@@ -539,7 +539,7 @@ def table1_cells(rows: Sequence[TableRow], archs: Sequence[str]) -> tuple[list[s
     columns per architecture."""
     header = ["Held-out"]
     for arch in archs:
-        header += [arch_label(arch), f"{arch_label(arch)}+aug"]
+        header += [arch_label(arch), f"{arch_label(arch)} + aug"]
     body = []
     for k in sorted({r.held_out for r in rows}):
         cells = [Cell(f"C{k}")]
