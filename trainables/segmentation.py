@@ -136,7 +136,7 @@ def train_segmentation(
     context = tune.get_context()
     sweep = (wandb_settings or {}).get("group", "camsweep")
     tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
-    resources = tune.get_context().get_trial_resources().required_resources
+    resources = context.get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     split = leave_one_centre_out(
         data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed
@@ -147,7 +147,7 @@ def train_segmentation(
         if ref is None:
             raise RuntimeError(f"no fold artefacts were prepared for C{cfg.held_out_centre}")
         fold = ray.get(ref)
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = Path(context.get_trial_dir())
     # Checkpoints are written outside the trial folder: Tune copies each reported one to storage
     # itself, and artefacts in the trial folder are synced too — twice would waste space.
     work = Path(tempfile.mkdtemp(prefix="camsweep-ckpt-"))
@@ -170,7 +170,7 @@ def train_segmentation(
                 resume_dir=resume_dir,
                 checkpoint_dir=work / "checkpoint",
                 provenance={
-                    "trial_id": tune.get_context().get_trial_id(),
+                    "trial_id": context.get_trial_id(),
                     "ray_node_id": ray.get_runtime_context().get_node_id(),
                     "resources": {k: resources[k] for k in ("CPU", "GPU") if k in resources},
                 },
