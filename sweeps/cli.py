@@ -231,7 +231,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def export(run_dir: Path, *, wandb: bool = True, **kwargs) -> Path:
     """Export files, the CAM figure and (unless disabled) the W&B summary run."""
-    from sweeps.export import export_cam_figure, export_run
+    from sweeps.export import export_run
+    from sweeps.figures import export_cam_figure
     from sweeps.spec import load_spec
     from sweeps.tracking import log_summary_run, wandb_settings
 

@@ -15,22 +15,13 @@ import pytest
 import yaml
 
 from sweeps.cost import _last_json_line, compute_cost
-from sweeps.export import (
-    ORACLE_LABEL,
-    Selection,
-    TrialData,
-    _leave_out_reason,
-    best_configs,
-    group_settings,
-    param_importance,
-    render_csv,
-    render_latex,
-    render_markdown,
-    table_rows,
-)
+from sweeps.importance import param_importance
+from sweeps.results import TrialData, leave_out_reason
+from sweeps.selection import ORACLE_LABEL, Selection, best_configs, group_settings
 from sweeps.spec import SweepSpec
 from sweeps.stats import paired_bootstrap
 from sweeps.status import TrialRecord
+from sweeps.tables import render_csv, render_latex, render_markdown, table_rows
 from trainables.config import TrialConfig
 
 N_IMAGES = 30
@@ -265,14 +256,14 @@ def test_left_out_reasons_name_the_trial_state():
     def record(status, **kw):
         return TrialRecord("t", status, {}, Path("/nonexistent"), **kw)
 
-    assert "errored: boom" in _leave_out_reason(record("ERROR", error="boom"))
-    assert "still running (epoch 3)" in _leave_out_reason(
+    assert "errored: boom" in leave_out_reason(record("ERROR", error="boom"))
+    assert "still running (epoch 3)" in leave_out_reason(
         record("RUNNING", last_result={"epoch": 3})
     )
-    assert "not started" in _leave_out_reason(record("PENDING"))
-    assert "stopped early" in _leave_out_reason(record("TERMINATED", last_result={"epoch": 10}))
+    assert "not started" in leave_out_reason(record("PENDING"))
+    assert "stopped early" in leave_out_reason(record("TERMINATED", last_result={"epoch": 10}))
     finished = record("TERMINATED", last_result={"epoch": 300, "test_out/dice": 0.7})
-    assert "results.json missing" in _leave_out_reason(finished)
+    assert "results.json missing" in leave_out_reason(finished)
 
 
 def _spec(**changes) -> SweepSpec:
