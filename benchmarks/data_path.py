@@ -21,17 +21,29 @@ import tempfile
 import time
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import torch
 from common import emit, rate
 
-from trainables.data.augment import AugmentConfig, build_train_transform
+from trainables.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentConfig,
+    build_train_transform,
+)
 from trainables.data.cache import load_or_build
 from trainables.data.dataset import SegmentationDataset
 from trainables.data.device_loader import DeviceBatches
 from trainables.data.polypgen import index_polypgen
 from trainables.data.synthetic import generate, parse_size
+
+
+def reference_transform(cfg: AugmentConfig) -> A.Compose:
+    """A plain per-item pipeline: the same augmentations, then albumentations' Normalize."""
+    normalize = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)
+    return A.Compose([*build_train_transform(cfg).transforms, normalize], seed=0)
 
 
 def reference_item(record, transform, size: int) -> dict:
@@ -61,9 +73,11 @@ def main() -> None:
     transform = build_train_transform(AugmentConfig(), seed=0)
     s = args.image_size
 
+    reference = reference_transform(AugmentConfig())
+
     def reference_pass() -> int:
         for r in manifest.records:
-            reference_item(r, transform, s)
+            reference_item(r, reference, s)
         return len(manifest.records)
 
     with tempfile.TemporaryDirectory() as cache_dir:

@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader
 from trainables.data.augment import (
     IMAGENET_STD,
     AugmentConfig,
-    build_eval_transform,
 )
 from trainables.data.batch_augment import (
     BRIGHTNESS_RANGE,
@@ -441,7 +440,7 @@ def test_eval_batches_equal_the_albumentations_dataloader():
     split = np.array([1, 4, 6, 9, 10, 14, 16])
     cams = np.random.default_rng(2).random((len(split), 32, 32)).astype(np.float16)
     ours = DeviceBatches(data, split, batch_size=3, centre_labels=LABELS, cams=cams)
-    ds = SegmentationDataset(data, split, build_eval_transform(), centre_labels=LABELS, cams=cams)
+    ds = SegmentationDataset(data, split, centre_labels=LABELS, cams=cams)
     reference = DataLoader(ds, batch_size=3)
     assert len(ours) == len(reference)
     for a, b in zip(ours, reference, strict=True):
@@ -498,7 +497,7 @@ def test_engine_evaluates_device_batches_like_the_dataloader():
     model = build_model("unet", variant="tiny").eval()
     runtime = Runtime(torch.device("cpu"))
     ours = evaluate(model, DeviceBatches(data, split, batch_size=4), runtime)
-    ds = SegmentationDataset(data, split, build_eval_transform())
+    ds = SegmentationDataset(data, split)
     reference = evaluate(model, DataLoader(ds, batch_size=4), runtime)
     assert np.array_equal(ours.indices, reference.indices)
     for key, value in reference.mean.items():

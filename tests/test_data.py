@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SYNTH_PER_CENTRE, write_frame
-from trainables.data.augment import AugmentConfig, build_eval_transform, build_train_transform
+from trainables.data.augment import AugmentConfig, build_train_transform
 from trainables.data.cache import load_or_build
 from trainables.data.check import check_dataset
 from trainables.data.dataset import SegmentationDataset
@@ -285,8 +285,29 @@ def test_colour_jitter_touches_the_image_only():
     cams = np.full((1, 32, 32), 0.25, np.float32)
     cfg = AugmentConfig(rotate_p=0, hflip_p=0, vflip_p=0, color_jitter_p=1.0)
     item = SegmentationDataset(data, [0], build_train_transform(cfg, seed=0), cams=cams)[0]
-    plain = SegmentationDataset(data, [0], build_eval_transform(), cams=cams)[0]
+    plain = SegmentationDataset(data, [0], cams=cams)[0]
     assert not np.allclose(item["image"].numpy(), plain["image"].numpy())
     assert np.array_equal(item["mask"].numpy(), plain["mask"].numpy())
     assert np.allclose(item["cam"].numpy(), 0.25)
     assert item["label"].item() == -1  # centre 2 is not a training centre here
+
+
+@pytest.mark.parametrize("view", ["contiguous", "flipped", "memmap"])
+def test_normalisation_equals_albumentations_normalize(view, tmp_path):
+    """The fused normalise-to-CHW the dataset applies is albumentations' Normalize, channels
+    first, whatever layout the transform hands it (flips can return strided views; the cache
+    is a read-only memmap)."""
+    import albumentations as A
+
+    from trainables.data.augment import IMAGENET_MEAN, IMAGENET_STD, to_normalized_chw
+
+    image = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    if view == "flipped":
+        image = image[::-1, ::-1]
+    elif view == "memmap":
+        np.save(tmp_path / "x.npy", image)
+        image = np.load(tmp_path / "x.npy", mmap_mode="r")
+    reference = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)(image=np.array(image))["image"]
+    ours = to_normalized_chw(image)
+    assert ours.shape == (3, 40, 56) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, reference.transpose(2, 0, 1), rtol=0, atol=1e-5)

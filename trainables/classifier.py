@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from trainables.cam import GradCAM
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import ClassifierConfig
-from trainables.data.augment import AugmentConfig, build_eval_transform, build_train_transform
+from trainables.data.augment import AugmentConfig, build_train_transform
 from trainables.data.cache import DecodedData
 from trainables.data.dataset import SegmentationDataset
 from trainables.data.splits import FoldSplit
@@ -127,7 +127,7 @@ def train_centre_classifier(
             optimizer.step()
 
     def eval_loader(indices: np.ndarray) -> DataLoader:
-        ds = SegmentationDataset(data, indices, build_eval_transform(), centre_labels=labels)
+        ds = SegmentationDataset(data, indices, centre_labels=labels)
         return DataLoader(ds, batch_size=cfg.batch_size)
 
     metrics = {"train_accuracy": _accuracy(model, eval_loader(split.train), runtime)}
@@ -150,7 +150,7 @@ def fold_cams(
     The target class is the classifier's prediction, or the true centre when ``centre_labels``
     is given.
     """
-    ds = SegmentationDataset(data, indices, build_eval_transform(), centre_labels=centre_labels)
+    ds = SegmentationDataset(data, indices, centre_labels=centre_labels)
     model = model.to(runtime.device).eval()
     out = np.empty((len(ds), data.image_size, data.image_size), np.float16)
     row = 0

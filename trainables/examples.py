@@ -11,7 +11,7 @@ import torch
 from trainables.cam import GradCAM, binarize
 from trainables.classifier import FoldArtifacts
 from trainables.config import TrialConfig
-from trainables.data.augment import build_eval_transform, denormalize
+from trainables.data.augment import denormalize
 from trainables.data.cache import DecodedData
 from trainables.data.dataset import SegmentationDataset
 from trainables.engine import Runtime
@@ -44,7 +44,7 @@ def example_strips(
     Without fold artefacts (the baseline) the CAM panels are blank and the masked input equals
     the input.
     """
-    ds = SegmentationDataset(data, indices, build_eval_transform())
+    ds = SegmentationDataset(data, indices)
     batch = {k: v.to(runtime.device) for k, v in next(iter(_batches(ds))).items()}
     model.eval()
     probs = torch.sigmoid(model(batch["image"])["logits"].float())

@@ -26,7 +26,7 @@ from trainables import metric_keys as K
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.classifier import FoldArtifacts, prepare_fold
 from trainables.config import TrialConfig
-from trainables.data.augment import build_eval_transform, build_train_transform
+from trainables.data.augment import build_train_transform
 from trainables.data.cache import DecodedData
 from trainables.data.dataset import SegmentationDataset
 from trainables.data.device_loader import DeviceBatches, DeviceData
@@ -112,9 +112,7 @@ class DataPath:
                 batch_size=self.cfg.train.batch_size,
                 centre_labels=self.labels,
             )
-        ds = SegmentationDataset(
-            self.data, indices, build_eval_transform(), centre_labels=self.labels
-        )
+        ds = SegmentationDataset(self.data, indices, centre_labels=self.labels)
         return _loader(ds, self.cfg)
 
 

@@ -9,11 +9,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from trainables.data.augment import to_normalized_chw
 from trainables.data.cache import DecodedData
 
 
 class SegmentationDataset(Dataset):
     """Frames of one split: image, mask, centre label, dataset index and (optionally) the CAM.
+
+    ``transform`` holds the training augmentations (``augment.build_train_transform``); None for
+    evaluation. Images are normalised after it, in both cases.
 
     Items are dicts of tensors: ``image`` (3, S, S) float normalised, ``mask`` (1, S, S) float
     {0, 1}, ``label`` long (contiguous centre label; -1 for centres outside ``centre_labels``, e.g.
@@ -26,7 +30,7 @@ class SegmentationDataset(Dataset):
         self,
         data: DecodedData,
         indices: Sequence[int] | np.ndarray,
-        transform: A.Compose,
+        transform: A.Compose | None = None,
         *,
         centre_labels: Mapping[int, int] | None = None,
         cams: np.ndarray | None = None,
@@ -47,9 +51,9 @@ class SegmentationDataset(Dataset):
         inputs = {"image": np.asarray(self.data.images[i]), "mask": np.asarray(self.data.masks[i])}
         if self.cams is not None:
             inputs["cam"] = np.asarray(self.cams[item], dtype=np.float32)
-        out = self.transform(**inputs)
+        out = self.transform(**inputs) if self.transform is not None else inputs
         sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
+            "image": torch.from_numpy(to_normalized_chw(out["image"])),
             "mask": torch.from_numpy(out["mask"].astype(np.float32))[None],
             "label": torch.tensor(self.centre_labels.get(int(self.data.centres[i]), -1)),
             "index": torch.tensor(i),
