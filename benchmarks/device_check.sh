@@ -3,7 +3,8 @@
 #   bash benchmarks/device_check.sh            # logs and JSON lines under $OUT (or device-out/)
 # It needs a python with torch + CUDA. Packages that machine lacks can travel as wheels in .whl/
 # (see README "Benchmarks"): installed to /tmp/site when the python lacks them. Steps, ~8 min on an H100:
-#   1. the GPU tests (batched augmentation on CUDA equals the CPU reference);
+#   1. the GPU tests (batched augmentation on CUDA equals the CPU reference; training steps of
+#      every architecture, fresh and resumed, never wait for the host);
 #   2. benchmarks/data_path.py (cached/batched data path incl. the CUDA batch path);
 #   3. benchmarks/gpu.py (paper setting vs fast path, packing 1/2/4, TFLOP/s, per_arch shares).
 set -uo pipefail
@@ -21,7 +22,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     | tee -a "$out/device.txt"
 status=0
-"$python" -m pytest -q -p no:cacheprovider -m gpu tests/test_batch_augment.py 2>&1 \
+"$python" -m pytest -q -p no:cacheprovider -m gpu tests/test_batch_augment.py tests/test_trial.py 2>&1 \
     | tee "$out/pytest-gpu.log" || status=1
 "$python" benchmarks/data_path.py --frames 4 2>&1 | tee "$out/data_path.jsonl" || status=1
 "$python" benchmarks/gpu.py --seconds "${BENCH_SECONDS:-6}" 2>&1 | tee "$out/gpu.jsonl" || status=1

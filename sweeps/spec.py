@@ -209,6 +209,16 @@ def _axis_problems(spec: SweepSpec) -> list[str]:
         problems.append(
             f"search.metric {spec.search.metric!r}: valid: {', '.join(SELECTION_METRICS)}"
         )
+    # Fold preparation runs with resources.gpu, each trial with its architecture's share.
+    shares = {"resources.gpu": spec.resources.gpu} | {
+        f"resources.per_arch.{a}.gpu": spec.resources.of(a)["gpu"] for a in spec.resources.per_arch
+    }
+    no_gpu = [name for name, gpu in shares.items() if gpu == 0]
+    if spec.train.device == "cuda" and no_gpu:
+        problems.append(
+            f"train.device cuda: {', '.join(no_gpu)} is 0 — Ray would reserve no GPU for that "
+            "work; give it a GPU share, or use train.device auto (CPU where no GPU is granted)"
+        )
     return problems
 
 

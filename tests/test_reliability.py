@@ -195,6 +195,10 @@ CORPUS = {
     "wrong type epochs": (_set("train.epochs", "many"), "train.epochs"),
     "negative lr": (_set("train.lr", -1), "train.lr"),
     "batch size zero": (_set("train.batch_size", 0), "train.batch_size"),
+    "cuda without a GPU share": (
+        _set("train.device", "cuda"),
+        "train.device cuda: resources.gpu is 0 — Ray would reserve no GPU",
+    ),
     "p above 1": (_set("space.p", {"grid": [0.5, 1.5]}), "space.p: 1.5"),
     "p negative": (_set("space.p", -0.1), "space.p: -0.1"),
     "threshold zero": (_set("space.threshold", 0), "space.threshold: 0"),

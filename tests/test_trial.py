@@ -282,3 +282,87 @@ def test_device_data_path_trains_with_cached_cams(data, split, fold, tmp_path):
     assert 0 <= result.metrics["test_out/dice"] <= 1
     per_image = np.load(tmp_path / PER_IMAGE_FILE)
     assert sorted(per_image["test_out/index"]) == sorted(split.test_out)
+
+
+def test_restored_optimizer_keeps_its_step_counters_on_the_host(tmp_path):
+    """On resume the weights and moments go to the parameters' device, AdamW's step counters stay
+    on the host: counters on a GPU would make every optimizer step stall on a device read. The
+    meta device stands in for a GPU here."""
+    from trainables.trial import restore_training_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "state.pt"
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 7}
+    save_checkpoint(path, state)
+    moved = torch.nn.Linear(3, 2, device="meta")
+    moved_optimizer = torch.optim.AdamW(moved.parameters())
+    with pytest.warns(UserWarning, match="meta parameter"):  # copying into meta is a no-op
+        rest = restore_training_state(path, moved, moved_optimizer)
+    assert rest["epoch"] == 7
+    for param_state in moved_optimizer.state.values():
+        assert param_state["step"].device.type == "cpu"
+        assert param_state["exp_avg"].device.type == "meta"
+
+
+def test_a_trial_granted_no_gpu_trains_on_the_cpu():
+    from trainables.segmentation import on_granted_devices
+
+    cfg = TrialConfig()
+    assert cfg.train.device == "auto"
+    assert on_granted_devices(cfg, 0).train.device == "cpu"
+    assert on_granted_devices(cfg, 0.5).train.device == "auto"
+    assert on_granted_devices(cfg, 0).model.arch == cfg.model.arch  # nothing else changes
+
+
+def _no_host_waits_after_the_first(batches):
+    """Yields ``batches``; from the second training step on, any host synchronisation raises
+    (the first step builds per-device constants and runs cuDNN's autotuning)."""
+    stream = iter(batches)
+    first = next(stream, None)
+    if first is None:
+        return
+    yield first
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield from stream
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "sdnet"])
+@pytest.mark.parametrize("cam_mode", ["cached", "online"])
+def test_cuda_training_steps_never_wait_for_the_host_before_or_after_a_resume(
+    arch, cam_mode, data, split, fold, tmp_path, monkeypatch
+):
+    """The fast path as a sweep runs it (device data path, bf16, channels_last, masking): no
+    training step after the first waits for the host — neither in a fresh trial nor in one
+    resumed from a checkpoint (whose optimizer state came back from disk)."""
+    import trainables.trial as trial
+
+    real = trial.train_one_epoch
+    monkeypatch.setattr(
+        trial,
+        "train_one_epoch",
+        lambda model, loader, *a, **kw: real(
+            model, _no_host_waits_after_the_first(loader), *a, **kw
+        ),
+    )
+    common = {"model__arch": arch, "masking__cam_mode": cam_mode, "masking__cam_target": "true"}
+    first = tiny_config(train__epochs=1, **common)
+    assert Runtime.from_config(first.train).amp  # bf16 on this GPU, as auto picks
+    run_segmentation(first, data, split, fold, tmp_path / "first")
+    resumed = run_segmentation(
+        tiny_config(train__epochs=2, **common),
+        data,
+        split,
+        fold,
+        tmp_path / "resumed",
+        resume_dir=tmp_path / "first" / "checkpoint",
+    )
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert 0 < resumed.metrics["train/masked_fraction"] < 1

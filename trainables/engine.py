@@ -54,7 +54,17 @@ class Runtime:
         on_gpu = device.type == "cuda"
         if cfg.amp == "on" and not on_gpu:
             raise ValueError("train.amp: 'on' needs CUDA (bf16 autocast is used on GPUs only)")
-        return cls(device, amp=on_gpu and cfg.amp != "off", channels_last=on_gpu)
+        # Pre-Ampere GPUs (V100, T4) only emulate bf16, slower than fp32: auto leaves AMP off.
+        amp = cfg.amp == "on" or (
+            cfg.amp == "auto" and on_gpu and torch.cuda.is_bf16_supported(including_emulation=False)
+        )
+        return cls(device, amp=amp, channels_last=on_gpu)
+
+    def __post_init__(self) -> None:
+        if self.device.type == "cuda":
+            # Input sizes are fixed within a trial, so cuDNN's per-shape algorithm search pays
+            # for itself after the first steps.
+            torch.backends.cudnn.benchmark = True
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp:

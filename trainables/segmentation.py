@@ -122,6 +122,15 @@ def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
+def on_granted_devices(cfg: TrialConfig, gpus: float) -> TrialConfig:
+    """The config a task granted ``gpus`` GPUs runs with: ``device: auto`` means the CPU when Ray
+    granted no GPU. Ray leaves CUDA_VISIBLE_DEVICES unset for zero-GPU tasks, so on a GPU node
+    such a task would otherwise find every GPU and pile onto cuda:0 without reserving it."""
+    if gpus > 0 or cfg.train.device != "auto":
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
+
+
 def train_segmentation(
     config: dict[str, Any],
     *,
@@ -132,11 +141,11 @@ def train_segmentation(
     wandb_settings: dict[str, Any] | None = None,
 ) -> None:
     """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch."""
-    cfg = resolve_trial_config(base, axes, config)
     context = tune.get_context()
+    resources = context.get_trial_resources().required_resources
+    cfg = on_granted_devices(resolve_trial_config(base, axes, config), resources.get("GPU", 0))
     sweep = (wandb_settings or {}).get("group", "camsweep")
     tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
-    resources = context.get_trial_resources().required_resources
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     split = leave_one_centre_out(
         data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed

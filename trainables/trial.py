@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch import nn
 from torch.utils.data import DataLoader
 
 from trainables import metric_keys as K
@@ -59,12 +60,13 @@ class TrialResult:
     model: SegmentationNet | None = None  # best-validation weights; None when results were stored
 
 
-def _loader(ds: SegmentationDataset, cfg: TrialConfig, **kw: Any) -> DataLoader:
+def _loader(ds: SegmentationDataset, cfg: TrialConfig, runtime: Runtime, **kw: Any) -> DataLoader:
     return DataLoader(
         ds,
         batch_size=cfg.train.batch_size,
         num_workers=cfg.train.num_workers,
-        pin_memory=torch.cuda.is_available(),
+        # Pinned only when training on a GPU: pinning opens a CUDA context even for CPU trials.
+        pin_memory=runtime.device.type == "cuda",
         **kw,
     )
 
@@ -76,6 +78,7 @@ class DataPath:
 
     def __init__(self, cfg: TrialConfig, data, split: FoldSplit, labels, cams, runtime: Runtime):
         self.cfg, self.data, self.split, self.labels, self.cams = cfg, data, split, labels, cams
+        self.runtime = runtime
         choice = cfg.train.data_path
         self.on_device = choice == "device" or (choice == "auto" and runtime.device.type == "cuda")
         if self.on_device:
@@ -101,7 +104,9 @@ class DataPath:
             centre_labels=self.labels,
             cams=self.cams,
         )
-        return _loader(ds, self.cfg, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        return _loader(
+            ds, self.cfg, self.runtime, shuffle=True, generator=torch.Generator().manual_seed(seed)
+        )
 
     def eval(self, name: str):
         indices = self.split.indices(name)
@@ -113,13 +118,36 @@ class DataPath:
                 centre_labels=self.labels,
             )
         ds = SegmentationDataset(self.data, indices, centre_labels=self.labels)
-        return _loader(ds, self.cfg)
+        return _loader(ds, self.cfg, self.runtime)
+
+
+def restore_training_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Loads a training-state checkpoint into ``model`` and ``optimizer`` (wherever they live) and
+    returns the rest of it (epoch, best scores, history).
+
+    The file is read onto the host on purpose: ``load_state_dict`` moves weights and moments to
+    the parameters' device but leaves AdamW's ``step`` counters where they were loaded, and step
+    counters on a GPU make every later optimizer step read them back to the host, once per
+    parameter — hundreds of stalls per step for the rest of a resumed trial.
+    """
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
 
 
 def _epoch_seed(cfg: TrialConfig, epoch: int) -> int:
     # Every epoch's randomness derives from (seed, epoch), so a resumed trial continues with the
     # same shuffles, augmentations and masks as an uninterrupted one.
     return (cfg.seed * 1_000_003 + epoch) % 2**31
+
+
+def _masking_seed(epoch_seed: int) -> int:
+    # Its own stream: seeded like the shuffle, the masking draws would be the very numbers that
+    # ordered the batch, and which frames get masked would depend on where they were shuffled to.
+    return int(np.random.SeedSequence([epoch_seed, 1]).generate_state(1)[0])
 
 
 def check_split(split: FoldSplit) -> None:
@@ -194,7 +222,7 @@ def run_segmentation(
         if not np.array_equal(fold.train_indices, split.train):
             raise ValueError("fold artefacts were computed for a different training split")
         online = cfg.masking.cam_mode == "online"
-        classifier = fold.load_classifier(runtime.device) if online else None
+        classifier = runtime.prepare_model(fold.load_classifier()) if online else None
         cams = None if online else fold.cams
         occluder = Occluder(
             cfg.masking,
@@ -207,9 +235,7 @@ def run_segmentation(
 
     start_epoch, best_dice, best_epoch, history = 1, -1.0, 0, []
     if resume_dir is not None:
-        state = load_checkpoint(resume_dir / STATE_FILE, runtime.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        state = restore_training_state(resume_dir / STATE_FILE, model, optimizer)
         start_epoch, best_dice, best_epoch = (
             state["epoch"] + 1,
             state["best_dice"],
@@ -225,7 +251,7 @@ def run_segmentation(
         seed = _epoch_seed(cfg, epoch)
         train_loader = data_path.train(seed)
         if occluder is not None:
-            occluder.generator.manual_seed(seed)
+            occluder.generator.manual_seed(_masking_seed(seed))
         _inject_fault(cfg, epoch, model, resumed=resume_dir is not None)
         stats = train_one_epoch(model, train_loader, optimizer, runtime, occluder=occluder)
         val = evaluate(model, eval_sets["val"], runtime)

@@ -49,11 +49,14 @@ class SobelMagnitude(nn.Module):
         self.scale = 1.0 / (4.0 * math.sqrt(2.0))
 
     def forward(self, x: Tensor) -> Tensor:
-        gray = (x * self.gray_weight).sum(dim=1, keepdim=True)
-        # Replicate padding: zero padding would invent edges along the image border.
-        grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), self.kernels)
-        # The epsilon keeps the square root differentiable where the gradient vanishes.
-        magnitude = torch.sqrt(grad.pow(2).sum(dim=1, keepdim=True) + 1e-12) * self.scale
+        # fp32 even under bf16 autocast: bf16 would round the grey image to ~half a grey level,
+        # so training (autocast) and the cached CAMs (fp32) would see different edge images.
+        with torch.autocast(x.device.type, enabled=False):
+            gray = (x.float() * self.gray_weight).sum(dim=1, keepdim=True)
+            # Replicate padding: zero padding would invent edges along the image border.
+            grad = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), self.kernels)
+            # The epsilon keeps the square root differentiable where the gradient vanishes.
+            magnitude = torch.sqrt(grad.pow(2).sum(dim=1, keepdim=True) + 1e-12) * self.scale
         return magnitude.expand(-1, 3, -1, -1)
 
 

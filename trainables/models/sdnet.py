@@ -193,7 +193,9 @@ class SDNet(SegmentationNet):
     def _binarise(self, logits: Tensor) -> Tensor:
         if self.training:
             # Straight-through: one-hot forward, softmax gradient backward.
-            return F.gumbel_softmax(logits, tau=self.tau, hard=True, dim=1)
+            # Noise drawn in fp32: under bf16 autocast the Gumbel samples would be coarse and
+            # their tail cut off.
+            return F.gumbel_softmax(logits.float(), tau=self.tau, hard=True, dim=1).to(logits.dtype)
         # Noise-free argmax so evaluation is deterministic.
         return F.one_hot(logits.argmax(dim=1), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
 
