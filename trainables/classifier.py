@@ -84,15 +84,15 @@ def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam_tar
 
 def _accuracy(model: nn.Module, loader: DataLoader, runtime: Runtime) -> float:
     model.eval()
-    correct = total = 0
+    correct, total = torch.zeros((), dtype=torch.long, device=runtime.device), 0
     with torch.no_grad():
         for batch in loader:
             batch = runtime.to_device(batch)
             with runtime.autocast():
                 logits = model(batch["image"])
-            correct += int((logits.argmax(1) == batch["label"]).sum())
+            correct += (logits.argmax(1) == batch["label"]).sum()  # on the device: no wait
             total += len(batch["label"])
-    return correct / max(total, 1)
+    return correct.item() / max(total, 1)
 
 
 def train_centre_classifier(
