@@ -30,7 +30,7 @@ from trainables.data.cache import DecodedData
 from trainables.data.source import prepare_data
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Runtime
-from trainables.segmentation import on_granted_devices, train_segmentation
+from trainables.segmentation import train_segmentation
 from trainables.trial import prepare_trial_fold
 
 METRIC_MODE = "max"
@@ -108,11 +108,11 @@ def _prepare_fold_remote(
     data: DecodedData, spec_dict: dict[str, Any], held_out: int, wandb: dict[str, Any]
 ):
     spec = SweepSpec.model_validate(spec_dict)
-    cfg = on_granted_devices(spec.trial_config({"held_out_centre": held_out}), spec.resources.gpu)
+    cfg = spec.trial_config({"held_out_centre": held_out})
+    runtime = Runtime.from_config(cfg.train, granted_gpus=spec.resources.gpu)  # the task's share
     split = leave_one_centre_out(data.centres, data.patients, held_out, seed=cfg.data.split_seed)
-    fold, reused = prepare_trial_fold(cfg, data, split, spec.fold_cache_root())
+    fold, reused = prepare_trial_fold(cfg, data, split, spec.fold_cache_root(), runtime)
     if not reused:
-        runtime = Runtime.from_config(cfg.train)
         log_fold_run(wandb, data, split, fold, runtime, threshold=cfg.masking.threshold)
     # Materialise the CAMs: the artefact travels through the object store to every trial.
     return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused

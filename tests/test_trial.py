@@ -307,14 +307,18 @@ def test_restored_optimizer_keeps_its_step_counters_on_the_host(tmp_path):
         assert param_state["exp_avg"].device.type == "meta"
 
 
-def test_a_trial_granted_no_gpu_trains_on_the_cpu():
-    from trainables.segmentation import on_granted_devices
-
-    cfg = TrialConfig()
-    assert cfg.train.device == "auto"
-    assert on_granted_devices(cfg, 0).train.device == "cpu"
-    assert on_granted_devices(cfg, 0.5).train.device == "auto"
-    assert on_granted_devices(cfg, 0).model.arch == cfg.model.arch  # nothing else changes
+def test_a_task_granted_no_gpu_trains_on_the_cpu_even_on_a_gpu_node(monkeypatch):
+    """``device: auto`` follows the GPU share Ray granted, not the GPUs the node has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    auto = TrialConfig().train
+    assert auto.device == "auto"
+    assert Runtime.from_config(auto, granted_gpus=0).device.type == "cpu"
+    assert Runtime.from_config(auto, granted_gpus=0.5).device.type == "cuda"
+    assert Runtime.from_config(auto).device.type == "cuda"  # outside Ray: the node's GPU
+    with pytest.raises(ValueError, match="granted this task no GPU"):
+        Runtime.from_config(auto.model_copy(update={"device": "cuda"}), granted_gpus=0)
 
 
 def _no_host_waits_after_the_first(batches):

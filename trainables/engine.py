@@ -44,10 +44,16 @@ class Runtime:
     channels_last: bool = False
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig) -> Runtime:
-        cuda = torch.cuda.is_available()
+    def from_config(cls, cfg: TrainConfig, *, granted_gpus: float | None = None) -> Runtime:
+        """``granted_gpus``: the GPU share Ray granted this task (None outside Ray). A task granted
+        no GPU runs on the CPU even on a GPU node: Ray leaves CUDA_VISIBLE_DEVICES unset for
+        zero-GPU tasks, so it would otherwise see every GPU and pile onto cuda:0 unreserved."""
+        cuda = torch.cuda.is_available() and (granted_gpus is None or granted_gpus > 0)
         if cfg.device == "cuda" and not cuda:
-            raise ValueError("train.device: 'cuda' requested but CUDA is not available")
+            raise ValueError(
+                "train.device: 'cuda' requested but CUDA is not available"
+                + (" (Ray granted this task no GPU)" if granted_gpus == 0 else "")
+            )
         device = torch.device(
             "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu"
         )

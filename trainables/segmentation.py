@@ -122,15 +122,6 @@ def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
-def on_granted_devices(cfg: TrialConfig, gpus: float) -> TrialConfig:
-    """The config a task granted ``gpus`` GPUs runs with: ``device: auto`` means the CPU when Ray
-    granted no GPU. Ray leaves CUDA_VISIBLE_DEVICES unset for zero-GPU tasks, so on a GPU node
-    such a task would otherwise find every GPU and pile onto cuda:0 without reserving it."""
-    if gpus > 0 or cfg.train.device != "auto":
-        return cfg
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
-
-
 def train_segmentation(
     config: dict[str, Any],
     *,
@@ -143,7 +134,8 @@ def train_segmentation(
     """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch."""
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
-    cfg = on_granted_devices(resolve_trial_config(base, axes, config), resources.get("GPU", 0))
+    cfg = resolve_trial_config(base, axes, config)
+    runtime = Runtime.from_config(cfg.train, granted_gpus=resources.get("GPU", 0))
     sweep = (wandb_settings or {}).get("group", "camsweep")
     tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
@@ -178,6 +170,7 @@ def train_segmentation(
                 report=report,
                 resume_dir=resume_dir,
                 checkpoint_dir=work / "checkpoint",
+                runtime=runtime,
                 provenance={
                     "trial_id": context.get_trial_id(),
                     "ray_node_id": ray.get_runtime_context().get_node_id(),
@@ -191,7 +184,7 @@ def train_segmentation(
         if tracker.run is not None and result.model is not None:
             tracker.log_final(
                 result.metrics,
-                _examples(cfg, result.model, data, split, fold),
+                _examples(cfg, result.model, data, split, fold, runtime),
                 _per_image_table(trial_dir, data),
             )
     finally:
@@ -257,8 +250,9 @@ def wandb_run_id(sweep: str, trial_id: str) -> str:
     return safe if len(safe) <= 64 else f"{safe[:50]}-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
 
 
-def _examples(cfg: TrialConfig, model, data: DecodedData, split, fold) -> list[tuple[str, Any]]:
-    runtime = Runtime.from_config(cfg.train)
+def _examples(
+    cfg: TrialConfig, model, data: DecodedData, split, fold, runtime: Runtime
+) -> list[tuple[str, Any]]:
     out = []
     for name in ("val", "test_out"):
         rows = split.indices(name)[:EXAMPLES_PER_SPLIT]

@@ -171,6 +171,7 @@ def run_segmentation(
     resume_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
     provenance: dict[str, Any] | None = None,
+    runtime: Runtime | None = None,
 ) -> TrialResult:
     """Trains and tests one segmentation model.
 
@@ -185,6 +186,8 @@ def run_segmentation(
         resume_dir: a checkpoint folder written by an earlier run of this trial.
         checkpoint_dir: where checkpoints are written (default ``out_dir / "checkpoint"``).
         provenance: extra facts recorded in results.json (e.g. the Ray trial and node ids).
+        runtime: where to compute (default: from ``cfg.train``; a Ray trial passes the one for
+            the resources it was granted).
     """
     if split.held_out != cfg.held_out_centre:
         raise ValueError(f"split is for C{split.held_out}, config for C{cfg.held_out_centre}")
@@ -203,7 +206,7 @@ def run_segmentation(
         if report is not None:
             report(stored["metrics"], None)
         return TrialResult(stored["metrics"], stored["history"], out_dir)
-    runtime = Runtime.from_config(cfg.train)
+    runtime = runtime or Runtime.from_config(cfg.train)
     seed_everything(cfg.seed)
     model = runtime.prepare_model(
         build_model(
@@ -382,14 +385,19 @@ def prepare_trial_inputs(
 
 
 def prepare_trial_fold(
-    cfg: TrialConfig, data: DecodedData, split: FoldSplit, cache_root: Path
+    cfg: TrialConfig,
+    data: DecodedData,
+    split: FoldSplit,
+    cache_root: Path,
+    runtime: Runtime | None = None,
 ) -> tuple[FoldArtifacts, bool]:
-    """The fold artefacts this trial config asks for (classifier config, CAM target)."""
+    """The fold artefacts this trial config asks for (classifier config, CAM target), computed
+    with ``runtime`` (default: from ``cfg.train``)."""
     return prepare_fold(
         data,
         split,
         cfg.classifier,
-        Runtime.from_config(cfg.train),
+        runtime or Runtime.from_config(cfg.train),
         cache_root,
         cam_target=cfg.masking.cam_target,
     )
