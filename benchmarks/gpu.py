@@ -117,8 +117,8 @@ def worker(args) -> None:
     if cuda:
         free, total = torch.cuda.mem_get_info()
         reserved = torch.cuda.memory_reserved()
-        # Device memory in use beyond this process's allocator cache: its CUDA context, plus
-        # whatever other processes hold (main() subtracts its own share; n = 1 is alone).
+        # Device memory in use beyond this process's allocator cache: its CUDA context plus what
+        # other processes hold (packed() subtracts the parent's share, for a trial run alone).
         row["peak_gib"] = torch.cuda.max_memory_reserved() / 2**30
         row["context_gib"] = (total - free - reserved) / 2**30
     print(json.dumps(row))
@@ -127,8 +127,8 @@ def worker(args) -> None:
 def packed(
     n: int, args, arch: str, variant: str, batch: int, held_gib: float
 ) -> tuple[float, float | None]:
-    """(aggregate images/s, GiB one trial needs) of n concurrent trial processes on one device;
-    ``held_gib`` is what this process keeps on the device meanwhile."""
+    """(aggregate images/s, GiB one trial needs — measured for n = 1 only) of n concurrent trial
+    processes on one device; ``held_gib`` is what this process keeps on the device meanwhile."""
     # Each trial gets its share of the cores, as the sweep's trials do (resources.cpu): n
     # processes each spinning on every core would measure oversubscription, not packing.
     threads = max(1, (os.cpu_count() or 1) // n)
@@ -141,12 +141,12 @@ def packed(
         if p.returncode != 0:
             raise RuntimeError(f"{arch}: packed trial {k + 1} of {n} exited with {p.returncode}")
     rows = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
-    if rows[0]["peak_gib"] is None:
-        return sum(r["rate"] for r in rows), None
-    # A trial's footprint: its allocator peak plus its CUDA context, measured when it ran alone
-    # (n = 1) minus what this process still holds.
-    context = max(0.0, rows[0]["context_gib"] - held_gib) if n == 1 else 0.0
-    return sum(r["rate"] for r in rows), max(r["peak_gib"] for r in rows) + context
+    rate = sum(r["rate"] for r in rows)
+    if n > 1 or rows[0]["peak_gib"] is None:
+        return rate, None
+    # A trial's footprint, read from a trial running alone: its allocator peak plus its CUDA
+    # context (device memory in use beyond its cache, less what this process still holds).
+    return rate, rows[0]["peak_gib"] + max(0.0, rows[0]["context_gib"] - held_gib)
 
 
 def _release_device_memory() -> float:
