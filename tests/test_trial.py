@@ -370,3 +370,17 @@ def test_cuda_training_steps_never_wait_for_the_host_before_or_after_a_resume(
     )
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert 0 < resumed.metrics["train/masked_fraction"] < 1
+
+
+def test_out_of_memory_error_names_the_share_to_raise():
+    """A packed trial that runs out of GPU memory says which spec setting fixes it, on the last
+    line of its error (the one status and export show)."""
+    from trainables.segmentation import with_packing_advice
+
+    cfg = tiny_config(model__arch="deeplabv3plus")
+    error = with_packing_advice(torch.OutOfMemoryError("CUDA out of memory. Tried …"), cfg, 0.25)
+    assert isinstance(error, torch.OutOfMemoryError)
+    lines = str(error).splitlines()
+    assert lines[0] == "CUDA out of memory. Tried …"
+    assert "resources.per_arch.deeplabv3plus.gpu: 0.5" in lines[-1]
+    assert "train.batch_size" in lines[-1]

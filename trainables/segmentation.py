@@ -181,6 +181,8 @@ def train_segmentation(
             if cfg.fault.corrupt_checkpoint:
                 _truncate(tune.get_checkpoint())
             raise
+        except torch.OutOfMemoryError as exc:
+            raise with_packing_advice(exc, cfg, resources.get("GPU", 0)) from exc
         if tracker.run is not None and result.model is not None:
             tracker.log_final(
                 result.metrics,
@@ -190,6 +192,20 @@ def train_segmentation(
     finally:
         tracker.finish()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def with_packing_advice(
+    exc: torch.OutOfMemoryError, cfg: TrialConfig, gpus: float
+) -> torch.OutOfMemoryError:
+    """The OOM error, with the setting that frees memory as its last line (the line `camsweep
+    status` and `export` show): packed trials share a GPU, so the fix is usually a larger share."""
+    arch = cfg.model.arch
+    advice = (
+        f"GPU out of memory: {arch} at batch {cfg.train.batch_size} on a {gpus:g}-GPU share — "
+        f"give it a larger share (resources.per_arch.{arch}.gpu: {min(1.0, 2 * gpus):g}, so "
+        "fewer trials share a GPU) or lower train.batch_size"
+    )
+    return torch.OutOfMemoryError(f"{exc}\n{advice}")
 
 
 def _truncate(checkpoint) -> None:
