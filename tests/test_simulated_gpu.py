@@ -1,0 +1,130 @@
+"""The GPU fast path's step loop on a simulated GPU, so CI checks it without one.
+
+Under torch's FakeTensorMode tensors carry a device and a shape but no data: a "cuda" tensor needs
+no GPU, every op still checks that its inputs share a device, and any op whose result depends on
+the data — ``.item()``, ``nonzero``, boolean indexing, i.e. what makes a GPU step wait for the
+host — raises ``DataDependentOutputException``. Three things cannot be simulated without a
+driver and are stood in for: a CUDA random generator (a CPU one reporting ``cuda``: fake kernels
+draw nothing), moving a module (FakeTensorMode cannot swap a module's parameters, so they are
+replaced one by one), and the backward pass (the autograd engine starts a device thread, so it is
+skipped — and with it online CAMs, which need gradients). bf16 autocast also switches itself off
+without a driver. The real-GPU test in tests/test_trial.py (``-m gpu``) covers those.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+
+from trainables.config import MaskingConfig
+from trainables.data.augment import AugmentConfig
+from trainables.data.cache import load_or_build
+from trainables.data.device_loader import DeviceBatches
+from trainables.data.polypgen import index_polypgen
+from trainables.engine import Occluder, Runtime, evaluate, train_one_epoch
+from trainables.models import MODEL_NAMES, build_model
+
+GPU = torch.device("cuda", 0)
+
+
+class _SimulatedCudaGenerator(torch.Generator):
+    """A CPU generator that reports a CUDA device (creating a real one needs a driver)."""
+
+    def __new__(cls, device=None):
+        return super().__new__(cls)
+
+    def __init__(self, device=None):
+        super().__init__()
+
+    device = property(lambda self: GPU)
+
+
+def _to_simulated_gpu(module: nn.Module, mode: FakeTensorMode) -> nn.Module:
+    """What Runtime.prepare_model does (to the GPU, channels_last), parameter by parameter."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None:
+                with mode:
+                    fake = mode.from_tensor(p.detach()).to(GPU)
+                    if fake.dim() == 4:
+                        fake = fake.contiguous(memory_format=torch.channels_last)
+                sub._parameters[name] = nn.Parameter(fake, requires_grad=p.requires_grad)
+        for name, b in list(sub._buffers.items()):
+            if b is not None:
+                with mode:
+                    sub._buffers[name] = mode.from_tensor(b).to(GPU)
+    return module
+
+
+class _Counted:
+    """Iterates ``batches`` and records when they ran out."""
+
+    def __init__(self, batches):
+        self.batches, self.served, self.exhausted = batches, 0, False
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.served += 1
+            yield batch
+        self.exhausted = True
+
+
+def _first_read(run, batches: _Counted) -> Exception:
+    """Runs a pass that must read a value back (fake tensors have none to give) and returns the
+    error it stopped at, failing the test if it stopped before the batches ran out."""
+    with pytest.raises(Exception) as stop:
+        run(batches)
+    # A device mismatch or a read inside the loop stops it early.
+    assert batches.exhausted, f"stopped at batch {batches.served}: {stop.value!r}"
+    return stop.value
+
+
+@pytest.fixture(scope="module")
+def data(synth_root, tmp_path_factory):
+    decoded, _ = load_or_build(index_polypgen(synth_root), 32, tmp_path_factory.mktemp("cache"))
+    return decoded
+
+
+@pytest.mark.parametrize("arch", MODEL_NAMES)
+def test_fast_path_steps_stay_on_the_gpu_and_never_wait_for_it(arch, data, monkeypatch):
+    """Training and evaluation batches of the fast path (frames, CAMs and augmentation on the
+    device, cached-CAM masking, channels_last) keep every tensor on the GPU and read no value
+    back until the pass ends — the one read at the end of an epoch is the first."""
+    monkeypatch.setattr(torch, "Generator", _SimulatedCudaGenerator)
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)  # the host-side cache is uploaded inside
+    model = _to_simulated_gpu(build_model(arch, variant="tiny"), mode)
+    rows = np.arange(24)
+    cams = np.random.default_rng(0).random((len(rows), 32, 32)).astype(np.float16)
+    labels = {c: c - 1 for c in range(1, 7)}
+    runtime = Runtime(GPU, amp=True, channels_last=True)
+    with mode:
+        train = DeviceBatches(data, rows, batch_size=4, augment=AugmentConfig(), cams=cams,
+                              centre_labels=labels, shuffle=True, device=GPU)  # fmt: skip
+        assert train.data.images.device == GPU and train.cams.device == GPU
+        occluder = Occluder(MaskingConfig(p=0.5), generator=torch.Generator(device=GPU))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        batches = _Counted(train)
+        stop = _first_read(lambda b: train_one_epoch(model, b, optimizer, runtime,
+                                                     occluder=occluder), batches)  # fmt: skip
+        assert isinstance(stop, DataDependentOutputException)  # the epoch's loss, read once
+        assert batches.served == len(train) == 6
+
+        val = _Counted(DeviceBatches(train.data, rows[:8], batch_size=4, centre_labels=labels))
+        _first_read(lambda b: evaluate(model, b, runtime), val)  # metrics come back at the end
+        assert val.served == 2
+
+
+def test_a_host_wait_inside_the_step_loop_is_caught(data, monkeypatch):
+    """The check above can fail: a step that reads its loss back stops at the first batch."""
+    monkeypatch.setattr(torch, "Generator", _SimulatedCudaGenerator)
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        batches = _Counted(DeviceBatches(data, np.arange(8), batch_size=4, device=GPU))
+        with pytest.raises(DataDependentOutputException):
+            for batch in batches:
+                float(batch["image"].mean())  # e.g. logging a loss per step
+    assert batches.served == 1 and not batches.exhausted
