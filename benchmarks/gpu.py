@@ -12,7 +12,8 @@ Per architecture (UNet-resnet34, DeepLabV3+-resnet101, SDNet at 256² on CUDA):
   memory), printed as a ``resources.per_arch`` line for the sweep spec.
 
 Without CUDA a reduced CPU version runs (tiny models, 64 px) so the benchmark cannot rot; its
-figures are not GPU figures.
+figures are not GPU figures. It also measures what of a trial's GPU memory needs no GPU to
+measure (``memory_per_trial_floor``, the paper models at 256²), which bounds how many trials fit.
 
     python benchmarks/gpu.py [--seconds 10] [--archs unet,deeplabv3plus,sdnet]
 """
@@ -47,8 +48,9 @@ PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 
 PAPER_TRIALS, PAPER_EPOCHS = 72, 300  # 3 architectures × 24 trials
 ARCHS = ("unet", "deeplabv3plus", "sdnet")
 SWEEP_BATCH = 4  # the paper's batch size, which sweeps/paper-table1.yaml keeps
-# Mean training-split size over the six folds: 80 % of the other centres' 1537 - 1537/6 frames.
-PAPER_IMAGES_PER_EPOCH = 0.8 * (1537 - 1537 / 6)
+PAPER_FRAMES = 1537  # PolypGen's single frames
+# Mean training-split size over the six folds: 80 % of the other centres' frames.
+PAPER_IMAGES_PER_EPOCH = 0.8 * (PAPER_FRAMES - PAPER_FRAMES / 6)
 
 
 def _setup(cuda: bool, cache_dir: str):
@@ -159,6 +161,31 @@ def _release_device_memory() -> float:
     return (total - free) / 2**30
 
 
+def memory_floor_gib(arch: str, size: int, batch: int) -> float:
+    """Device memory one paper-setting trial needs at least, from its device-independent parts:
+    the tensors its training step saves for backward (fp32; the forward pass alone records them),
+    its weights with their gradients and AdamW's two moments, and what the device data path keeps
+    resident — every frame (uint8 image and mask) and the training split's CAMs (fp16). Leaves
+    out the CUDA context, cuDNN workspaces and allocator slack: a floor, not a peak."""
+    model = build_model(arch, variant="paper")
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    saved: dict[int, int] = {}
+
+    def record(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:  # weights are counted once, below
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x = torch.randn(batch, 3, size, size)
+    y = (torch.rand(batch, 1, size, size) > 0.5).float()
+    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+        model.loss(model(x), x, y)
+    resident = PAPER_FRAMES * size * size * 4 + PAPER_IMAGES_PER_EPOCH * size * size * 2
+    return (sum(saved.values()) + 4 * weight_bytes + resident) / 2**30
+
+
 def epochs_per_hour(images_per_s: float) -> float:
     """Trial-epochs per device-hour of the paper grid's mean training split."""
     return images_per_s * 3600 / PAPER_IMAGES_PER_EPOCH
@@ -227,6 +254,14 @@ def main() -> None:
         if trial_gib is not None:
             emit(f"gpu.{arch}.memory_per_trial", trial_gib, "GiB", device_gib=device_gib,
                  batch=SWEEP_BATCH, **extra)  # fmt: skip
+        else:
+            floor = memory_floor_gib(arch, 256, SWEEP_BATCH)
+            emit(f"gpu.{arch}.memory_per_trial_floor", floor, "GiB", image_size=256,
+                 variant="paper", batch=SWEEP_BATCH, precision="fp32", frames=PAPER_FRAMES,
+                 # Upper bounds: what the floor leaves out only lowers them.
+                 trials_per_16gib_at_most=int(0.9 * 16 / floor),
+                 trials_per_80gib_at_most=int(0.9 * 80 / floor),
+                 excludes="CUDA context, cuDNN workspaces, allocator slack")  # fmt: skip
         n = trials_per_device(aggregate, trial_gib, device_gib)
         per_arch[arch] = round(1 / n, 4)
         emit(f"gpu.{arch}.recommended_trials_per_device", n, "trials",
