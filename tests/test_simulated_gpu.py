@@ -19,13 +19,14 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
-from trainables.config import MaskingConfig
-from trainables.data.augment import AugmentConfig
+from trainables.config import load_trial_config
 from trainables.data.cache import load_or_build
 from trainables.data.device_loader import DeviceBatches
 from trainables.data.polypgen import index_polypgen
+from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Occluder, Runtime, evaluate, train_one_epoch
 from trainables.models import MODEL_NAMES, build_model
+from trainables.trial import DataPath
 
 GPU = torch.device("cuda", 0)
 
@@ -90,32 +91,36 @@ def data(synth_root, tmp_path_factory):
 
 @pytest.mark.parametrize("arch", MODEL_NAMES)
 def test_fast_path_steps_stay_on_the_gpu_and_never_wait_for_it(arch, data, monkeypatch):
-    """Training and evaluation batches of the fast path (frames, CAMs and augmentation on the
-    device, cached-CAM masking, channels_last) keep every tensor on the GPU and read no value
-    back until the pass ends — the one read at the end of an epoch is the first."""
+    """A trial's training and validation passes on the fast path — the trial's own DataPath on a
+    GPU runtime (frames, CAMs and augmentation on the device), cached-CAM masking, channels_last —
+    keep every tensor on the GPU and read no value back until the pass ends: the read at the end
+    of an epoch is the first."""
     monkeypatch.setattr(torch, "Generator", _SimulatedCudaGenerator)
     monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **kw: None)
+    cfg = load_trial_config(None, {"model.arch": arch, "model.variant": "tiny",
+                                   "data.image_size": 32, "masking.p": 0.5,
+                                   "train.batch_size": 4})  # fmt: skip
+    split = leave_one_centre_out(data.centres, data.patients, 3, seed=0)
+    labels = split.centre_labels(data.centres)
+    cams = np.random.default_rng(0).random((len(split.train), 32, 32)).astype(np.float16)
+    runtime = Runtime(GPU, amp=True, channels_last=True)
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # the host-side cache is uploaded inside
     model = _to_simulated_gpu(build_model(arch, variant="tiny"), mode)
-    rows = np.arange(24)
-    cams = np.random.default_rng(0).random((len(rows), 32, 32)).astype(np.float16)
-    labels = {c: c - 1 for c in range(1, 7)}
-    runtime = Runtime(GPU, amp=True, channels_last=True)
     with mode:
-        train = DeviceBatches(data, rows, batch_size=4, augment=AugmentConfig(), cams=cams,
-                              centre_labels=labels, shuffle=True, device=GPU)  # fmt: skip
-        assert train.data.images.device == GPU and train.cams.device == GPU
-        occluder = Occluder(MaskingConfig(p=0.5), generator=torch.Generator(device=GPU))
+        data_path = DataPath(cfg, data, split, labels, cams, runtime)
+        assert data_path.on_device  # train.data_path auto on a GPU
+        assert data_path.device_data.images.device == GPU
+        occluder = Occluder(cfg.masking, generator=torch.Generator(device=GPU))
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        batches = _Counted(train)
+        train = _Counted(data_path.train(seed=1))
         stop = _first_read(lambda b: train_one_epoch(model, b, optimizer, runtime,
-                                                     occluder=occluder), batches)  # fmt: skip
+                                                     occluder=occluder), train)  # fmt: skip
         assert isinstance(stop, DataDependentOutputException)  # the epoch's loss, read once
-        assert batches.served == len(train) == 6
+        assert train.served == -(-len(split.train) // 4)
 
-        val = _Counted(DeviceBatches(train.data, rows[:8], batch_size=4, centre_labels=labels))
+        val = _Counted(data_path.eval("val"))
         _first_read(lambda b: evaluate(model, b, runtime), val)  # metrics come back at the end
-        assert val.served == 2
+        assert val.served == -(-len(split.val) // 4)
 
 
 def test_a_host_wait_inside_the_step_loop_is_caught(data, monkeypatch):
