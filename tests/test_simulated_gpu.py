@@ -1,4 +1,5 @@
-"""The GPU fast path's step loop on a simulated GPU, so CI checks it without one.
+"""The GPU fast path checked without a GPU, so CI covers it: its step loop on a simulated GPU,
+and its bf16 numerics with the CPU's autocast.
 
 Under torch's FakeTensorMode tensors carry a device and a shape but no data: a "cuda" tensor needs
 no GPU, every op still checks that its inputs share a device, and any op whose result depends on
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 
-from trainables.config import load_trial_config
+from trainables.config import MaskingConfig, load_trial_config
+from trainables.data.augment import AugmentConfig
 from trainables.data.cache import load_or_build
 from trainables.data.device_loader import DeviceBatches
 from trainables.data.polypgen import index_polypgen
@@ -133,3 +135,28 @@ def test_a_host_wait_inside_the_step_loop_is_caught(data, monkeypatch):
             for batch in batches:
                 float(batch["image"].mean())  # e.g. logging a loss per step
     assert batches.served == 1 and not batches.exhausted
+
+
+@pytest.mark.parametrize("arch", MODEL_NAMES)
+def test_bf16_autocast_trains_like_fp32(arch, data):
+    """The fast path's numerics, with the CPU's bf16 autocast standing in for the GPU's: from the
+    same seed, an epoch with masking and the device data path (channels_last, bf16) ends where the
+    fp32 epoch does, and evaluates alike — no dtype clash in the models, losses or occlusion."""
+    rows = np.arange(16)
+    cams = np.random.default_rng(0).random((len(rows), 32, 32)).astype(np.float16)
+    results = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        runtime = Runtime(torch.device("cpu"), amp=amp, channels_last=True)
+        model = runtime.prepare_model(build_model(arch, variant="tiny"))
+        batches = DeviceBatches(data, rows, batch_size=4, augment=AugmentConfig(), cams=cams,
+                                shuffle=True, seed=1)  # fmt: skip
+        occluder = Occluder(MaskingConfig(p=0.5), generator=torch.Generator().manual_seed(2))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        stats = train_one_epoch(model, batches, optimizer, runtime, occluder=occluder)
+        val = evaluate(model, DeviceBatches(data, rows[:8], batch_size=4), runtime)
+        results[amp] = stats, val
+    (fp32, fp32_val), (bf16, bf16_val) = results[False], results[True]
+    assert bf16.masked_fraction == fp32.masked_fraction > 0
+    assert np.isfinite(bf16.loss) and bf16.loss == pytest.approx(fp32.loss, rel=0.02)
+    assert bf16_val.loss == pytest.approx(fp32_val.loss, rel=0.05)
