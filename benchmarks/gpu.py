@@ -9,13 +9,21 @@ Per architecture (UNet-resnet34, DeepLabV3+-resnet101, SDNet at 256² on CUDA):
   the sweep's batch size (4) → trial-epochs per device-hour (target ≥ 4× one paper-setting
   trial per GPU) and peak memory per trial;
 - the recommended trials per device (fewest within 10 % of the best aggregate that fit in
-  memory), printed as a ``resources.per_arch`` line for the sweep spec.
+  memory), printed as a ``resources.per_arch`` line for the sweep spec;
+- the device-hours of the whole sweep, one paper-setting trial per device vs packed fast-path
+  trials.
+
+The sweep is the paper's grid (sweeps/paper-table1.yaml: 24 trials × 300 epochs per
+architecture, batch 4, 256², paper models) unless ``--spec`` names another: its architectures,
+trials × epochs per architecture, batch size, image size and model variant are what is measured,
+so the recommended shares fit that sweep. Epochs are of PolypGen-sized folds (``--frames``, 1537
+by default).
 
 Without CUDA a reduced CPU version runs (tiny models, 64 px) so the benchmark cannot rot; its
 figures are not GPU figures. It also measures what of a trial's GPU memory needs no GPU to
 measure (``memory_per_trial_floor``, the paper models at 256²), which bounds how many trials fit.
 
-    python benchmarks/gpu.py [--seconds 10] [--archs unet,deeplabv3plus,sdnet]
+    python benchmarks/gpu.py [--seconds 10] [--spec sweeps/my-sweep.yaml] [--frames 1537]
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +45,8 @@ from common import emit
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from search_spaces.grouping import expand_groups
+from sweeps.spec import SpecError, load_spec
 from trainables.config import load_trial_config
 from trainables.data.augment import AugmentConfig, build_train_transform
 from trainables.data.dataset import SegmentationDataset
@@ -45,17 +57,51 @@ from trainables.models import build_model
 
 # Dense bf16 peak of known GPUs (TFLOP/s), for the utilisation figure.
 PEAK_BF16 = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
-PAPER_TRIALS, PAPER_EPOCHS = 72, 300  # 3 architectures × 24 trials
-ARCHS = ("unet", "deeplabv3plus", "sdnet")
-SWEEP_BATCH = 4  # the paper's batch size, which sweeps/paper-table1.yaml keeps
-PAPER_FRAMES = 1537  # PolypGen's single frames
-# Mean training-split size over the six folds: 80 % of the other centres' frames.
-PAPER_IMAGES_PER_EPOCH = 0.8 * (PAPER_FRAMES - PAPER_FRAMES / 6)
+POLYPGEN_FRAMES = 1537  # PolypGen's single frames
 
 
-def _setup(cuda: bool, cache_dir: str):
+@dataclass(frozen=True)
+class Sweep:
+    """What the packing and device-hour figures are for."""
+
+    name: str
+    trial_epochs: dict[str, float]  # per architecture: trials × epochs
+    batch: int  # per trial (the paper setting and the packed trials use it)
+    image_size: int
+    variant: str
+
+
+# 3 architectures × 6 held-out centres × 4 values of p, 300 epochs, batch 4, 256², paper models.
+PAPER_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "paper-table1.yaml"
+
+
+def sweep_of_spec(path: str) -> Sweep:
+    """A sweep spec's trials × epochs per architecture (an architecture drawn from a choice axis
+    counts its expected share); batch size, image size and variant from its trial config."""
+    spec = load_spec(path, environment=False)  # the data may live on the cluster only
+    constants = {a.name: a.values[0] for a in spec.axes if a.form == "constant"}
+    arch_axis = next((a for a in spec.axes if a.name == "arch"), None)
+    drawn = arch_axis is not None and arch_axis.form == "choice"
+    trial_epochs: dict[str, float] = {}
+    for group in expand_groups(spec.axes):
+        cfg = spec.trial_config({**constants, **group})
+        archs = list(arch_axis.values) if drawn else [cfg.model.arch]
+        for arch in archs:
+            share = spec.search.num_samples * cfg.train.epochs / len(archs)
+            trial_epochs[arch] = trial_epochs.get(arch, 0.0) + share
+    base = spec.trial_config(constants)
+    return Sweep(spec.name, trial_epochs, base.train.batch_size, base.data.image_size,
+                 base.model.variant)  # fmt: skip
+
+
+def images_per_epoch(frames: int) -> float:
+    """Mean training-split size over six leave-one-centre-out folds: 80 % of the frames of the
+    other five centres."""
+    return 0.8 * (frames - frames / 6)
+
+
+def _setup(size: int, cache_dir: str):
     """Synthetic frames, decoded once into ``cache_dir`` (the packed workers reuse it)."""
-    size = 256 if cuda else 64
     cfg = load_trial_config(
         None,
         {
@@ -66,7 +112,7 @@ def _setup(cuda: bool, cache_dir: str):
         },
     )
     _, data = prepare_data(cfg.data)
-    return data, size
+    return data
 
 
 def _rate(arch, variant, data, *, batch, amp, on_device, seconds, device) -> tuple[float, float]:
@@ -112,7 +158,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    data, _ = _setup(cuda, args.cache_dir)
+    data = _setup(args.image_size, args.cache_dir)
     rate, _ = _rate(args.arch, args.variant, data, batch=args.batch, amp=cuda, on_device=True,
                     seconds=args.seconds, device=device)  # fmt: skip
     row = {"rate": rate, "peak_gib": None, "context_gib": None}
@@ -135,7 +181,7 @@ def packed(
     # processes each spinning on every core would measure oversubscription, not packing.
     threads = max(1, (os.cpu_count() or 1) // n)
     cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
-           "--batch", str(batch), "--seconds", str(args.seconds),
+           "--batch", str(batch), "--seconds", str(args.seconds), "--image-size", str(args.image_size),
            "--cache-dir", args.cache_dir, "--threads", str(threads)]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     outputs = [p.communicate()[0] for p in procs]
@@ -161,13 +207,13 @@ def _release_device_memory() -> float:
     return (total - free) / 2**30
 
 
-def memory_floor_gib(arch: str, size: int, batch: int) -> float:
-    """Device memory one paper-setting trial needs at least, from its device-independent parts:
+def memory_floor_gib(arch: str, variant: str, size: int, batch: int, frames: int) -> float:
+    """Device memory one trial needs at least, from its device-independent parts:
     the tensors its training step saves for backward (fp32; the forward pass alone records them),
     its weights with their gradients and AdamW's two moments, and what the device data path keeps
     resident — every frame (uint8 image and mask) and the training split's CAMs (fp16). Leaves
     out the CUDA context, cuDNN workspaces and allocator slack: a floor, not a peak."""
-    model = build_model(arch, variant="paper")
+    model = build_model(arch, variant=variant)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     saved: dict[int, int] = {}
@@ -182,13 +228,13 @@ def memory_floor_gib(arch: str, size: int, batch: int) -> float:
     y = (torch.rand(batch, 1, size, size) > 0.5).float()
     with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
         model.loss(model(x), x, y)
-    resident = PAPER_FRAMES * size * size * 4 + PAPER_IMAGES_PER_EPOCH * size * size * 2
+    resident = frames * size * size * 4 + images_per_epoch(frames) * size * size * 2
     return (sum(saved.values()) + 4 * weight_bytes + resident) / 2**30
 
 
-def epochs_per_hour(images_per_s: float) -> float:
-    """Trial-epochs per device-hour of the paper grid's mean training split."""
-    return images_per_s * 3600 / PAPER_IMAGES_PER_EPOCH
+def epochs_per_hour(images_per_s: float, frames: int) -> float:
+    """Trial-epochs per device-hour of the mean training split."""
+    return images_per_s * 3600 / images_per_epoch(frames)
 
 
 def trials_per_device(aggregate: dict[int, float], peak_gib: float | None,
@@ -208,32 +254,49 @@ def trials_per_device(aggregate: dict[int, float], peak_gib: float | None,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--spec", default=str(PAPER_SPEC), help="the sweep to measure for")
+    parser.add_argument("--frames", type=int, default=POLYPGEN_FRAMES, help="dataset frames")
+    parser.add_argument("--archs", help="only these (comma-separated; default: the sweep's)")
     parser.add_argument("--worker", action="store_true")
-    parser.add_argument("--arch", default="unet")
-    parser.add_argument("--variant", default="paper")
-    parser.add_argument("--batch", type=int, default=SWEEP_BATCH)
+    parser.add_argument("--arch", default="unet", help="worker only")
+    parser.add_argument("--variant", default="paper", help="worker only")
+    parser.add_argument("--batch", type=int, default=4, help="worker only")
+    parser.add_argument("--image-size", type=int, default=256, help="worker only")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="worker only")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    try:
+        sweep = sweep_of_spec(args.spec)
+    except SpecError as exc:
+        parser.error(str(exc))
+    archs = args.archs.split(",") if args.archs else list(sweep.trial_epochs)
+    unknown = sorted(set(archs) - set(sweep.trial_epochs))
+    if unknown:
+        parser.error(
+            f"--archs {','.join(unknown)}: not in the sweep ({', '.join(sweep.trial_epochs)})"
+        )
     args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="camsweep-gpu-bench-")
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    data, size = _setup(cuda, args.cache_dir)
-    variant = "paper" if cuda else "tiny"
-    fast_batch = 16 if cuda else 8
+    # The reduced CPU version keeps the sweep's batch size but trains tiny models at 64 px.
+    args.image_size = sweep.image_size if cuda else 64
+    data = _setup(args.image_size, args.cache_dir)
+    variant = sweep.variant if cuda else "tiny"
+    batch = sweep.batch
+    fast_batch = max(batch, 16 if cuda else 8)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
     device_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None
-    extra = {"image_size": size, "variant": variant, "reduced_cpu_version": not cuda}
+    extra = {"sweep": sweep.name, "image_size": args.image_size, "variant": variant,
+             "reduced_cpu_version": not cuda}  # fmt: skip
     hours_paper = hours_fast = 0.0
     per_arch = {}
-    for arch in args.archs.split(","):
-        paper, _ = _rate(arch, variant, data, batch=SWEEP_BATCH, amp=False, on_device=False,
+    for arch in archs:
+        paper, _ = _rate(arch, variant, data, batch=batch, amp=False, on_device=False,
                          seconds=args.seconds, device=device)  # fmt: skip
-        emit(f"gpu.{arch}.paper_setting", paper, "images/s", batch=SWEEP_BATCH,
+        emit(f"gpu.{arch}.paper_setting", paper, "images/s", batch=batch,
              precision="fp32", data_path="loader", **extra)  # fmt: skip
         fast, flops = _rate(arch, variant, data, batch=fast_batch, amp=cuda, on_device=True,
                             seconds=args.seconds, device=device)  # fmt: skip
@@ -244,20 +307,21 @@ def main() -> None:
              peak=peak, utilisation=round(tflops / peak, 4) if peak else None, **extra)  # fmt: skip
         # Packing, as the sweep runs: fast path at the sweep's batch size, n trials per device.
         held_gib = _release_device_memory()
-        runs = {n: packed(n, args, arch, variant, SWEEP_BATCH, held_gib) for n in (1, 2, 4)}
+        runs = {n: packed(n, args, arch, variant, batch, held_gib) for n in (1, 2, 4)}
         aggregate = {n: r[0] for n, r in runs.items()}
         trial_gib = runs[1][1]
         for n, agg in aggregate.items():
-            emit(f"gpu.{arch}.trial_epochs_per_device_hour", epochs_per_hour(agg),
-                 "trial-epochs/h", baseline=epochs_per_hour(paper), target_ratio=4,
-                 concurrent_trials=n, batch=SWEEP_BATCH, **extra)  # fmt: skip
+            emit(f"gpu.{arch}.trial_epochs_per_device_hour", epochs_per_hour(agg, args.frames),
+                 "trial-epochs/h", baseline=epochs_per_hour(paper, args.frames), target_ratio=4,
+                 concurrent_trials=n, batch=batch, **extra)  # fmt: skip
         if trial_gib is not None:
             emit(f"gpu.{arch}.memory_per_trial", trial_gib, "GiB", device_gib=device_gib,
-                 batch=SWEEP_BATCH, **extra)  # fmt: skip
+                 batch=batch, **extra)  # fmt: skip
         else:
-            floor = memory_floor_gib(arch, 256, SWEEP_BATCH)
-            emit(f"gpu.{arch}.memory_per_trial_floor", floor, "GiB", image_size=256,
-                 variant="paper", batch=SWEEP_BATCH, precision="fp32", frames=PAPER_FRAMES,
+            floor = memory_floor_gib(arch, sweep.variant, sweep.image_size, batch, args.frames)
+            emit(f"gpu.{arch}.memory_per_trial_floor", floor, "GiB", sweep=sweep.name,
+                 image_size=sweep.image_size, variant=sweep.variant, batch=batch,
+                 precision="fp32", frames=args.frames,
                  # Upper bounds: what the floor leaves out only lowers them.
                  trials_per_16gib_at_most=int(0.9 * 16 / floor),
                  trials_per_80gib_at_most=int(0.9 * 80 / floor),
@@ -266,16 +330,15 @@ def main() -> None:
         per_arch[arch] = round(1 / n, 4)
         emit(f"gpu.{arch}.recommended_trials_per_device", n, "trials",
              resources_gpu=per_arch[arch], **extra)  # fmt: skip
-        # Device-hours of this architecture's share of the paper grid (training steps only;
-        # validation and tests add a few %): one trial per device at the paper setting, vs
-        # n packed fast-path trials per device.
-        images = PAPER_TRIALS / 3 * PAPER_EPOCHS * PAPER_IMAGES_PER_EPOCH
+        # Device-hours of this architecture's trials (training steps only; validation and tests
+        # add a few %): one trial per device at the paper setting, vs n packed fast-path trials.
+        images = sweep.trial_epochs[arch] * images_per_epoch(args.frames)
         hours_paper += images / paper / 3600
         hours_fast += images / aggregate[n] / 3600
-    # Only the measured architectures' share of the grid (all three by default).
-    covers = {"archs_covered": list(per_arch)}
-    emit("gpu.paper_table1.hours_paper_setting", hours_paper, "device-hours", **covers, **extra)
-    emit("gpu.paper_table1.hours_fast_path", hours_fast, "device-hours", baseline=hours_paper,
+    # Only the measured architectures' share of the sweep (all of them by default).
+    covers = {"archs_covered": list(per_arch), "frames": args.frames}
+    emit(f"gpu.{sweep.name}.hours_paper_setting", hours_paper, "device-hours", **covers, **extra)
+    emit(f"gpu.{sweep.name}.hours_fast_path", hours_fast, "device-hours", baseline=hours_paper,
          **covers, **extra)  # fmt: skip
     emit("gpu.recommended_resources", len(per_arch), "archs", per_arch_gpu=per_arch, **extra)
     snippet = ", ".join(f"{a}: {{gpu: {g:g}}}" for a, g in per_arch.items())
