@@ -1,12 +1,14 @@
 """Training throughput: the paper's setting vs camsweep's fast path, trial packing, TFLOP/s,
-the recommended ``resources.per_arch`` and the GPU-hours of sweeps/paper-table1.yaml.
+the recommended ``resources.per_arch`` and the GPU-hours of a sweep (sweeps/paper-table1.yaml).
 
-Per architecture (UNet-resnet34, DeepLabV3+-resnet101, SDNet at 256² on CUDA):
-- paper: batch 4, fp32, per-sample albumentations DataLoader (the CPU data path);
-- fast: batch 16, bf16 autocast, channels_last, frames and augmentation on the GPU;
+Per architecture of the sweep (by default UNet-resnet34, DeepLabV3+-resnet101, SDNet at 256²):
+- paper: the sweep's batch size (the paper's 4), fp32, per-sample albumentations DataLoader
+  (the CPU data path);
+- fast: batch 16 (or the sweep's, if larger), bf16 autocast, channels_last, frames and
+  augmentation on the GPU;
 - achieved TFLOP/s of the fast training step (torch's FLOP counter) against the device's peak;
 - packing: 1, 2 and 4 concurrent trial processes on one device, each the sweep's fast path at
-  the sweep's batch size (4) → trial-epochs per device-hour (target ≥ 4× one paper-setting
+  the sweep's batch size → trial-epochs per device-hour (target ≥ 4× one paper-setting
   trial per GPU) and peak memory per trial;
 - the recommended trials per device (fewest within 10 % of the best aggregate that fit in
   memory), printed as a ``resources.per_arch`` line for the sweep spec;
@@ -15,13 +17,14 @@ Per architecture (UNet-resnet34, DeepLabV3+-resnet101, SDNet at 256² on CUDA):
 
 The sweep is the paper's grid (sweeps/paper-table1.yaml: 24 trials × 300 epochs per
 architecture, batch 4, 256², paper models) unless ``--spec`` names another: its architectures,
-trials × epochs per architecture, batch size, image size and model variant are what is measured,
-so the recommended shares fit that sweep. Epochs are of PolypGen-sized folds (``--frames``, 1537
-by default).
+trials × epochs per architecture, batch size, image size, model variant and encoder are what
+is measured, so the recommended shares fit that sweep. Epochs are of PolypGen-sized folds
+(``--frames``, 1537 by default).
 
 Without CUDA a reduced CPU version runs (tiny models, 64 px) so the benchmark cannot rot; its
 figures are not GPU figures. It also measures what of a trial's GPU memory needs no GPU to
-measure (``memory_per_trial_floor``, the paper models at 256²), which bounds how many trials fit.
+measure (``memory_per_trial_floor``, the sweep's own models and image size), which bounds how
+many trials fit.
 
     python benchmarks/gpu.py [--seconds 10] [--spec sweeps/my-sweep.yaml] [--frames 1537]
 """
@@ -61,6 +64,21 @@ POLYPGEN_FRAMES = 1537  # PolypGen's single frames
 
 
 @dataclass(frozen=True)
+class Net:
+    """The model a trial trains."""
+
+    arch: str
+    variant: str
+    encoder: str | None = None  # smp encoder replacing the variant's (UNet, DeepLabV3+)
+
+    def build(self):
+        return build_model(self.arch, variant=self.variant, encoder_name=self.encoder)
+
+    def argv(self) -> list[str]:
+        return ["--arch", self.arch, "--variant", self.variant, "--encoder", self.encoder or ""]
+
+
+@dataclass(frozen=True)
 class Sweep:
     """What the packing and device-hour figures are for."""
 
@@ -69,6 +87,13 @@ class Sweep:
     batch: int  # per trial (the paper setting and the packed trials use it)
     image_size: int
     variant: str
+    encoder: str | None
+
+    def net(self, arch: str, reduced: bool = False) -> Net:
+        """The sweep's model of ``arch``; ``reduced``: the tiny one of the CPU version."""
+        if reduced:
+            return Net(arch, "tiny")
+        return Net(arch, self.variant, None if arch == "sdnet" else self.encoder)
 
 
 # 3 architectures × 6 held-out centres × 4 values of p, 300 epochs, batch 4, 256², paper models.
@@ -77,7 +102,8 @@ PAPER_SPEC = Path(__file__).resolve().parents[1] / "sweeps" / "paper-table1.yaml
 
 def sweep_of_spec(path: str) -> Sweep:
     """A sweep spec's trials × epochs per architecture (an architecture drawn from a choice axis
-    counts its expected share); batch size, image size and variant from its trial config."""
+    counts its expected share); batch size, image size, variant and encoder from its trial
+    config (an axis over those is measured at the spec's own value)."""
     spec = load_spec(path, environment=False)  # the data may live on the cluster only
     constants = {a.name: a.values[0] for a in spec.axes if a.form == "constant"}
     arch_axis = next((a for a in spec.axes if a.name == "arch"), None)
@@ -91,7 +117,7 @@ def sweep_of_spec(path: str) -> Sweep:
             trial_epochs[arch] = trial_epochs.get(arch, 0.0) + share
     base = spec.trial_config(constants)
     return Sweep(spec.name, trial_epochs, base.train.batch_size, base.data.image_size,
-                 base.model.variant)  # fmt: skip
+                 base.model.variant, base.model.encoder_name)  # fmt: skip
 
 
 def images_per_epoch(frames: int) -> float:
@@ -115,9 +141,9 @@ def _setup(size: int, cache_dir: str):
     return data
 
 
-def _rate(arch, variant, data, *, batch, amp, on_device, seconds, device) -> tuple[float, float]:
+def _rate(net: Net, data, *, batch, amp, on_device, seconds, device) -> tuple[float, float]:
     """(images/s, FLOPs per image of one training step)."""
-    model = build_model(arch, variant=variant)
+    model = net.build()
     runtime = Runtime(device, amp=amp, channels_last=device.type == "cuda")
     model = runtime.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -159,8 +185,9 @@ def worker(args) -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     data = _setup(args.image_size, args.cache_dir)
-    rate, _ = _rate(args.arch, args.variant, data, batch=args.batch, amp=cuda, on_device=True,
-                    seconds=args.seconds, device=device)  # fmt: skip
+    net = Net(args.arch, args.variant, args.encoder or None)
+    rate, _ = _rate(net, data, batch=args.batch, amp=cuda, on_device=True, seconds=args.seconds,
+                    device=device)  # fmt: skip
     row = {"rate": rate, "peak_gib": None, "context_gib": None}
     if cuda:
         free, total = torch.cuda.mem_get_info()
@@ -172,22 +199,22 @@ def worker(args) -> None:
     print(json.dumps(row))
 
 
-def packed(
-    n: int, args, arch: str, variant: str, batch: int, held_gib: float
-) -> tuple[float, float | None]:
+def packed(n: int, args, net: Net, batch: int, held_gib: float) -> tuple[float, float | None]:
     """(aggregate images/s, GiB one trial needs — measured for n = 1 only) of n concurrent trial
     processes on one device; ``held_gib`` is what this process keeps on the device meanwhile."""
     # Each trial gets its share of the cores, as the sweep's trials do (resources.cpu): n
     # processes each spinning on every core would measure oversubscription, not packing.
     threads = max(1, (os.cpu_count() or 1) // n)
-    cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
-           "--batch", str(batch), "--seconds", str(args.seconds), "--image-size", str(args.image_size),
+    cmd = [sys.executable, __file__, "--worker", *net.argv(), "--batch", str(batch),
+           "--seconds", str(args.seconds), "--image-size", str(args.image_size),
            "--cache-dir", args.cache_dir, "--threads", str(threads)]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     outputs = [p.communicate()[0] for p in procs]
     for k, p in enumerate(procs):
         if p.returncode != 0:
-            raise RuntimeError(f"{arch}: packed trial {k + 1} of {n} exited with {p.returncode}")
+            raise RuntimeError(
+                f"{net.arch}: packed trial {k + 1} of {n} exited with {p.returncode}"
+            )
     rows = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     rate = sum(r["rate"] for r in rows)
     if n > 1 or rows[0]["peak_gib"] is None:
@@ -207,13 +234,13 @@ def _release_device_memory() -> float:
     return (total - free) / 2**30
 
 
-def memory_floor_gib(arch: str, variant: str, size: int, batch: int, frames: int) -> float:
+def memory_floor_gib(net: Net, size: int, batch: int, frames: int) -> float:
     """Device memory one trial needs at least, from its device-independent parts:
     the tensors its training step saves for backward (fp32; the forward pass alone records them),
     its weights with their gradients and AdamW's two moments, and what the device data path keeps
     resident — every frame (uint8 image and mask) and the training split's CAMs (fp16). Leaves
     out the CUDA context, cuDNN workspaces and allocator slack: a floor, not a peak."""
-    model = build_model(arch, variant=variant)
+    model = net.build()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     saved: dict[int, int] = {}
@@ -260,6 +287,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--arch", default="unet", help="worker only")
     parser.add_argument("--variant", default="paper", help="worker only")
+    parser.add_argument("--encoder", default="", help="worker only")
     parser.add_argument("--batch", type=int, default=4, help="worker only")
     parser.add_argument("--image-size", type=int, default=256, help="worker only")
     parser.add_argument("--cache-dir", default=None)
@@ -283,45 +311,46 @@ def main() -> None:
     # The reduced CPU version keeps the sweep's batch size but trains tiny models at 64 px.
     args.image_size = sweep.image_size if cuda else 64
     data = _setup(args.image_size, args.cache_dir)
-    variant = sweep.variant if cuda else "tiny"
     batch = sweep.batch
     fast_batch = max(batch, 16 if cuda else 8)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None) if cuda else None
     device_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None
-    extra = {"sweep": sweep.name, "image_size": args.image_size, "variant": variant,
-             "reduced_cpu_version": not cuda}  # fmt: skip
+    extra = {"sweep": sweep.name, "image_size": args.image_size, "reduced_cpu_version": not cuda}
     hours_paper = hours_fast = 0.0
     per_arch = {}
     for arch in archs:
-        paper, _ = _rate(arch, variant, data, batch=batch, amp=False, on_device=False,
+        net = sweep.net(arch, reduced=not cuda)
+        per = {**extra, "variant": net.variant, "encoder": net.encoder}
+        paper, _ = _rate(net, data, batch=batch, amp=False, on_device=False,
                          seconds=args.seconds, device=device)  # fmt: skip
         emit(f"gpu.{arch}.paper_setting", paper, "images/s", batch=batch,
-             precision="fp32", data_path="loader", **extra)  # fmt: skip
-        fast, flops = _rate(arch, variant, data, batch=fast_batch, amp=cuda, on_device=True,
+             precision="fp32", data_path="loader", **per)  # fmt: skip
+        fast, flops = _rate(net, data, batch=fast_batch, amp=cuda, on_device=True,
                             seconds=args.seconds, device=device)  # fmt: skip
         emit(f"gpu.{arch}.fast_path", fast, "images/s", baseline=paper, batch=fast_batch,
-             precision="bf16" if cuda else "fp32", data_path="device", **extra)  # fmt: skip
+             precision="bf16" if cuda else "fp32", data_path="device", **per)  # fmt: skip
         tflops = fast * flops / 1e12
         emit(f"gpu.{arch}.achieved_tflops", tflops, "TFLOP/s",
-             peak=peak, utilisation=round(tflops / peak, 4) if peak else None, **extra)  # fmt: skip
+             peak=peak, utilisation=round(tflops / peak, 4) if peak else None, **per)  # fmt: skip
         # Packing, as the sweep runs: fast path at the sweep's batch size, n trials per device.
         held_gib = _release_device_memory()
-        runs = {n: packed(n, args, arch, variant, batch, held_gib) for n in (1, 2, 4)}
+        runs = {n: packed(n, args, net, batch, held_gib) for n in (1, 2, 4)}
         aggregate = {n: r[0] for n, r in runs.items()}
         trial_gib = runs[1][1]
         for n, agg in aggregate.items():
             emit(f"gpu.{arch}.trial_epochs_per_device_hour", epochs_per_hour(agg, args.frames),
                  "trial-epochs/h", baseline=epochs_per_hour(paper, args.frames), target_ratio=4,
-                 concurrent_trials=n, batch=batch, **extra)  # fmt: skip
+                 concurrent_trials=n, batch=batch, **per)  # fmt: skip
         if trial_gib is not None:
             emit(f"gpu.{arch}.memory_per_trial", trial_gib, "GiB", device_gib=device_gib,
-                 batch=batch, **extra)  # fmt: skip
+                 batch=batch, **per)  # fmt: skip
         else:
-            floor = memory_floor_gib(arch, sweep.variant, sweep.image_size, batch, args.frames)
+            full = sweep.net(arch)
+            floor = memory_floor_gib(full, sweep.image_size, batch, args.frames)
             emit(f"gpu.{arch}.memory_per_trial_floor", floor, "GiB", sweep=sweep.name,
-                 image_size=sweep.image_size, variant=sweep.variant, batch=batch,
-                 precision="fp32", frames=args.frames,
+                 image_size=sweep.image_size, variant=full.variant, encoder=full.encoder,
+                 batch=batch, precision="fp32", frames=args.frames,
                  # Upper bounds: what the floor leaves out only lowers them.
                  trials_per_16gib_at_most=int(0.9 * 16 / floor),
                  trials_per_80gib_at_most=int(0.9 * 80 / floor),
@@ -329,7 +358,7 @@ def main() -> None:
         n = trials_per_device(aggregate, trial_gib, device_gib)
         per_arch[arch] = round(1 / n, 4)
         emit(f"gpu.{arch}.recommended_trials_per_device", n, "trials",
-             resources_gpu=per_arch[arch], **extra)  # fmt: skip
+             resources_gpu=per_arch[arch], **per)  # fmt: skip
         # Device-hours of this architecture's trials (training steps only; validation and tests
         # add a few %): one trial per device at the paper setting, vs n packed fast-path trials.
         images = sweep.trial_epochs[arch] * images_per_epoch(args.frames)
