@@ -88,6 +88,7 @@ class Sweep:
     image_size: int
     variant: str
     encoder: str | None
+    early_stopping: bool  # its scheduler ends trials early: every epoch counted is an upper bound
 
     def net(self, arch: str, reduced: bool = False) -> Net:
         """The sweep's model of ``arch``; ``reduced``: the tiny one of the CPU version."""
@@ -117,7 +118,8 @@ def sweep_of_spec(path: str) -> Sweep:
             trial_epochs[arch] = trial_epochs.get(arch, 0.0) + share
     base = spec.trial_config(constants)
     return Sweep(spec.name, trial_epochs, base.train.batch_size, base.data.image_size,
-                 base.model.variant, base.model.encoder_name)  # fmt: skip
+                 base.model.variant, base.model.encoder_name,
+                 early_stopping=spec.scheduler.name != "fifo")  # fmt: skip
 
 
 def images_per_epoch(frames: int) -> float:
@@ -365,7 +367,8 @@ def main() -> None:
         hours_paper += images / paper / 3600
         hours_fast += images / aggregate[n] / 3600
     # Only the measured architectures' share of the sweep (all of them by default).
-    covers = {"archs_covered": list(per_arch), "frames": args.frames}
+    covers = {"archs_covered": list(per_arch), "frames": args.frames,
+              "upper_bound": sweep.early_stopping}  # fmt: skip
     emit(f"gpu.{sweep.name}.hours_paper_setting", hours_paper, "device-hours", **covers, **extra)
     emit(f"gpu.{sweep.name}.hours_fast_path", hours_fast, "device-hours", baseline=hours_paper,
          **covers, **extra)  # fmt: skip
