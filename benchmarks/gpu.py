@@ -13,7 +13,7 @@ Per architecture of the sweep (by default UNet-resnet34, DeepLabV3+-resnet101, S
 - the recommended trials per device (fewest within 10 % of the best aggregate that fit in
   memory), printed as a ``resources.per_arch`` line for the sweep spec;
 - the device-hours of the whole sweep, one paper-setting trial per device vs packed fast-path
-  trials.
+  trials (an upper bound under ASHA, which ends trials early).
 
 The sweep is the paper's grid (sweeps/paper-table1.yaml: 24 trials × 300 epochs per
 architecture, batch 4, 256², paper models) unless ``--spec`` names another: its architectures,
