@@ -30,6 +30,16 @@ def synth_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def synth_decoded(synth_root, tmp_path_factory):
+    """The synthetic tree decoded at 32 px, shared read-only by the tests that train tiny trials."""
+    from trainables.data.cache import load_or_build
+    from trainables.data.polypgen import index_polypgen
+
+    decoded, _ = load_or_build(index_polypgen(synth_root), 32, tmp_path_factory.mktemp("cache"))
+    return decoded
+
+
 def write_frame(root: Path, centre: int, stem: str, size=(32, 32), mask_size=None, polyp=True):
     """Writes one hand-made PolypGen frame (image + mask) for error-case tests."""
     images = root / f"data_C{centre}" / f"images_C{centre}"

@@ -22,9 +22,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 
 from trainables.config import MaskingConfig, load_trial_config
 from trainables.data.augment import AugmentConfig
-from trainables.data.cache import load_or_build
 from trainables.data.device_loader import DeviceBatches
-from trainables.data.polypgen import index_polypgen
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Occluder, Runtime, evaluate, train_one_epoch
 from trainables.models import MODEL_NAMES, build_model
@@ -86,9 +84,8 @@ def _first_read(run, batches: _Counted) -> Exception:
 
 
 @pytest.fixture(scope="module")
-def data(synth_root, tmp_path_factory):
-    decoded, _ = load_or_build(index_polypgen(synth_root), 32, tmp_path_factory.mktemp("cache"))
-    return decoded
+def data(synth_decoded):
+    return synth_decoded
 
 
 @pytest.mark.parametrize("arch", MODEL_NAMES)

@@ -22,9 +22,8 @@ HELD_OUT = 3
 
 
 @pytest.fixture(scope="module")
-def data(synth_root, tmp_path_factory):
-    decoded, _ = load_or_build(index_polypgen(synth_root), 32, tmp_path_factory.mktemp("cache"))
-    return decoded
+def data(synth_decoded):
+    return synth_decoded
 
 
 @pytest.fixture(scope="module")
