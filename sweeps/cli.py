@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from sweeps.spec import SPEC_FILE
-from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN, DatasetError
+from trainables.data.polypgen import DatasetError
 
 # Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
 # (ConfigError and the models' weight errors are ValueError / FileNotFoundError subclasses.)
@@ -51,6 +51,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         scale=args.scale,
         size=parse_size(args.size),
         seed=args.seed,
+        naming=args.naming,
         overwrite=args.overwrite,
     )
     centres = sorted({r.centre for r in records})
@@ -65,6 +66,29 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.root, manifest=args.manifest, patient_pattern=args.patient_pattern)
     print(report.format())
     return 0 if report.ok else 1
+
+
+def _cmd_data_manifest(args: argparse.Namespace) -> int:
+    from trainables.data.polypgen import index_polypgen
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists (it may hold your edits); pass --overwrite")
+    manifest = index_polypgen(args.root, patient_pattern=args.patient_pattern)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_csv(out)
+    for c, p in sorted(manifest.patients.items()):
+        n = len({r.patient for r in manifest.records if r.centre == c})
+        what = f"{n} patients ({p.rule})" if p.known else f"patients unknown: {p.problem}"
+        print(f"C{c}: {sum(r.centre == c for r in manifest.records)} frames, {what}")
+    print(f"wrote {len(manifest.records)} rows to {out} (columns image, mask, centre, patient)")
+    if manifest.unknown_patients:
+        centres = ", ".join(f"C{c}" for c in manifest.unknown_patients)
+        print(
+            f"{centres}: each frame is written as its own patient — edit the patient column, "
+            f"then use it with data.manifest: {out}"
+        )
+    return 0
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -303,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
+        "--naming",
+        choices=["polypgen", "camsweep"],
+        default="polypgen",
+        help="polypgen: the real release's names, quirks and extra folders (default); "
+        "camsweep: C<k>_P<nnn>_<frame> names carrying the patient",
+    )
+    synth.add_argument(
         "--overwrite", action="store_true", help="replace a synthetic dataset already in --out"
     )
     synth.set_defaults(func=_cmd_synth)
@@ -310,10 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="summarise a dataset and list every problem")
-    check.add_argument("root", help="PolypGen root (data_C1 … data_C6)")
+    pattern_help = "regex with a group 'patient' read from the image names (default: built-in rules)"
+    check.add_argument("root", help="PolypGen root (data_C1 … data_C6) or the folder holding it")
     check.add_argument("--manifest", help="CSV manifest (image, mask, centre, patient)")
-    check.add_argument("--patient-pattern", default=DEFAULT_PATIENT_PATTERN)
+    check.add_argument("--patient-pattern", help=pattern_help)
     check.set_defaults(func=_cmd_data_check)
+    manifest = data_sub.add_parser(
+        "manifest", help="write the dataset's manifest CSV (with patients) to review and edit"
+    )
+    manifest.add_argument("root", help="PolypGen root (data_C1 … data_C6) or the folder holding it")
+    manifest.add_argument("--out", required=True, help="CSV to write")
+    manifest.add_argument("--patient-pattern", help=pattern_help)
+    manifest.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    manifest.set_defaults(func=_cmd_data_manifest)
 
     train = sub.add_parser("train", help="run one trial without Ray")
     train.add_argument("--config", help="trial config YAML, or export's best_configs.yaml")

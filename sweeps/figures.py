@@ -88,8 +88,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     """
     from trainables.cam_report import cam_report
     from trainables.classifier import fold_key, load_fold
-    from trainables.data.source import prepare_data
-    from trainables.data.splits import leave_one_centre_out
+    from trainables.data.source import fold_split, prepare_data
     from trainables.engine import Runtime
 
     spec = load_spec(Path(run_dir) / SPEC_FILE, environment=False)
@@ -99,7 +98,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
         return None, "no CAM figure: no fold needed the centre classifier (baseline-only sweep)"
     cfg = spec.trial_config({"held_out_centre": centres[0]})
     _, data = prepare_data(cfg.data)
-    split = leave_one_centre_out(data.centres, data.patients, centres[0], seed=cfg.data.split_seed)
+    split = fold_split(data, cfg.data, centres[0])
     key = fold_key(data, split, cfg.classifier, cfg.masking.cam_target)
     folder = spec.fold_cache_root() / f"C{centres[0]}-{key}"
     if not (folder / "meta.json").exists():

@@ -27,8 +27,7 @@ from search_spaces.build import build_search
 from sweeps.spec import FOLDS_FILE, SPEC_FILE, RayConfig, SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
 from trainables.data.cache import DecodedData
-from trainables.data.source import prepare_data
-from trainables.data.splits import leave_one_centre_out
+from trainables.data.source import fold_split, prepare_data
 from trainables.engine import Runtime
 from trainables.segmentation import train_segmentation
 from trainables.trial import prepare_trial_fold
@@ -110,7 +109,7 @@ def _prepare_fold_remote(
     spec = SweepSpec.model_validate(spec_dict)
     cfg = spec.trial_config({"held_out_centre": held_out})
     runtime = Runtime.from_config(cfg.train, granted_gpus=spec.resources.gpu)  # the task's share
-    split = leave_one_centre_out(data.centres, data.patients, held_out, seed=cfg.data.split_seed)
+    split = fold_split(data, cfg.data, held_out)
     fold, reused = prepare_trial_fold(cfg, data, split, spec.fold_cache_root(), runtime)
     if not reused:
         log_fold_run(wandb, data, split, fold, runtime, threshold=cfg.masking.threshold)
@@ -270,7 +269,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
     remote = root if "://" in root else None
     run_dir = local_mirror(name) if remote else Path(root) / name
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
-    _, data = prepare_data(spec.data)
+    _, data = prepare_data(spec.data, spec.held_out_centres())
     run_dir.mkdir(parents=True, exist_ok=True)
     data_ref, folds, summary = _start(spec, data, address, run_dir)
     _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)
@@ -295,7 +294,7 @@ def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
     if not spec_path.exists():
         raise SpecError(str(run_dir), [f"not a camsweep run folder ({SPEC_FILE} missing)"])
     spec = load_spec(spec_path)
-    _, data = prepare_data(spec.data)
+    _, data = prepare_data(spec.data, spec.held_out_centres())
     data_ref, folds, _ = _start(spec, data, address, run_dir)
     build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote).fit()
     return run_dir

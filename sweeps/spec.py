@@ -29,7 +29,7 @@ from trainables.config import (
     format_validation_error,
     set_by_path,
 )
-from trainables.data.polypgen import scan_polypgen
+from trainables.data.source import patient_problems, scan_data
 from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
 
 # Files camsweep keeps in every run folder, next to Tune's.
@@ -142,6 +142,11 @@ class SweepSpec(Strict):
     def axes(self) -> list[Axis]:
         return [parse_axis(name, raw)[0] for name, raw in self.space.items()]
 
+    def held_out_centres(self) -> list[int]:
+        """The folds this sweep trains (the held_out_centre axis, or the trial default)."""
+        axis = next((a for a in self.axes if a and a.name == "held_out_centre"), None)
+        return list(axis.values) if axis else [TrialConfig().held_out_centre]
+
     def base_trial(self) -> dict[str, Any]:
         """The trial config shared by every trial, before the axes are applied."""
         sections = ("data", "model", "classifier", "masking", "train", "fault")
@@ -173,17 +178,18 @@ class SpecError(ValueError):
         super().__init__(f"{source}: {len(problems)} problem(s):\n{body}")
 
 
-def data_centres(data: DataConfig) -> tuple[list[int], list[str]]:
-    """Centres the configured dataset has (by indexing names only), and any problems."""
-    if data.source == "synthetic":
+def data_problems(data: DataConfig, held_out: list[int]) -> tuple[list[int], list[str]]:
+    """Centres the configured dataset has (by indexing names only, no pixels) and its problems,
+    including training centres of these folds whose patients are unknown."""
+    if data.source == "synthetic":  # generated on first use, patients known by construction
         return sorted(POLYPGEN_CENTRE_SIZES), []
     if data.root is None and data.manifest is None:
         return [], ["data.root: required for source 'polypgen' (or give data.manifest)"]
-    root = data.root or Path(data.manifest).parent
-    manifest, problems = scan_polypgen(
-        root, manifest=data.manifest, patient_pattern=data.patient_pattern
-    )
-    return manifest.centres, [f"data: {p}" for p in problems]
+    manifest, problems = scan_data(data)
+    problems = [f"data: {p}" for p in problems]
+    if manifest.records:
+        problems += patient_problems(manifest, data, held_out)
+    return manifest.centres, problems
 
 
 def _axis_problems(spec: SweepSpec) -> list[str]:
@@ -244,10 +250,9 @@ def spec_problems(
     problems = _axis_problems(spec)
     if not environment:
         return problems
-    centres, data_problems = data_centres(spec.data)
-    problems += data_problems
-    held_out = next((a for a in spec.axes if a and a.name == "held_out_centre"), None)
-    wanted = list(held_out.values) if held_out else [TrialConfig().held_out_centre]
+    wanted = spec.held_out_centres()
+    centres, found = data_problems(spec.data, wanted)
+    problems += found
     if centres:
         for c in wanted:
             if c not in centres:

@@ -68,7 +68,7 @@ def test_names_without_patient_ids_fall_back_to_one_patient_per_frame(tmp_path):
     manifest = index_polypgen(tmp_path)
     assert not manifest.patients_known
     assert {r.patient for r in manifest.records} == {"100H0050", "100H0051"}
-    assert "patient_pattern" in manifest.notes[0]
+    assert "'100H0050' carry no patient id" in manifest.unknown_patients[1]
 
 
 def test_structural_problems_are_all_reported_together(tmp_path):

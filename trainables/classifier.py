@@ -112,8 +112,16 @@ def train_centre_classifier(
         build_train_transform(CLASSIFIER_AUGMENT, seed=seed),
         centre_labels=labels,
     )
+    if len(train_set) < cfg.batch_size:
+        raise ValueError(
+            f"held-out centre C{split.held_out}: {len(train_set)} training frames, fewer than "
+            f"classifier.batch_size {cfg.batch_size} — no complete batch to train the classifier"
+        )
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    # drop_last: a one-image batch breaks BatchNorm in train mode.
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(cfg.epochs):

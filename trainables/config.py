@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainables.data.augment import AugmentConfig
-from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN
 
 
 class Strict(BaseModel):
@@ -30,6 +29,11 @@ class SyntheticConfig(Strict):
     scale: float = Field(1.0, gt=0)
     size: str = "640x480"
     seed: int = Field(0, ge=0)
+    naming: Literal["polypgen", "camsweep"] = Field(
+        "polypgen",
+        description="polypgen: the real release's names, quirks and extra folders (the loader's "
+        "real path); camsweep: C{k}_P{nnn}_{frame} names carrying the patient",
+    )
 
     @field_validator("size")
     @classmethod
@@ -43,10 +47,28 @@ class SyntheticConfig(Strict):
 class DataConfig(Strict):
     source: Literal["polypgen", "synthetic"] = "synthetic"
     root: Path | None = Field(
-        None, description="PolypGen root; for synthetic data, where it is generated"
+        None,
+        description="PolypGen root (the PolypGen2021_MultiCenterData_v3 folder or its parent); "
+        "for synthetic data, where it is generated",
     )
-    manifest: Path | None = None
-    patient_pattern: str = DEFAULT_PATIENT_PATTERN
+    manifest: Path | None = Field(
+        None, description="CSV (image, mask, centre, patient): overrides the layout and patients"
+    )
+    patient_pattern: str | None = Field(
+        None,
+        description="regex with a group 'patient' read from every image name; default: the "
+        "built-in rules (PolypGen's names, camsweep's synthetic names)",
+    )
+    allow_frame_level_split: bool = Field(
+        False,
+        description="accept splitting frame by frame where a training centre's patients are "
+        "unknown (frames of one patient can then sit in train, val and test_in)",
+    )
+    split: Literal["per_centre", "pooled"] = Field(
+        "per_centre",
+        description="per_centre: 80/10/10 of frames within each training centre, by patient; "
+        "pooled: the authors' loader, 80 % of the pooled patients, the rest halved",
+    )
     image_size: int = Field(256, ge=16, le=2048)
     cache_dir: Path | None = Field(None, description="decoded cache; default ~/.cache/camsweep")
     split_seed: int = 0
@@ -54,7 +76,9 @@ class DataConfig(Strict):
 
     @field_validator("patient_pattern")
     @classmethod
-    def _pattern(cls, pattern: str) -> str:
+    def _pattern(cls, pattern: str | None) -> str | None:
+        if pattern is None:
+            return None
         try:
             compiled = re.compile(pattern)
         except re.error as exc:

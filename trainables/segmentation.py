@@ -23,7 +23,7 @@ from ray import tune
 from trainables.checkpoint import first_loadable
 from trainables.config import TrialConfig, set_by_path
 from trainables.data.cache import DecodedData
-from trainables.data.splits import leave_one_centre_out
+from trainables.data.source import fold_split
 from trainables.engine import Runtime
 from trainables.examples import PANELS, example_strips
 from trainables.trial import (
@@ -139,9 +139,7 @@ def train_segmentation(
     sweep = (wandb_settings or {}).get("group", "camsweep")
     tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    split = leave_one_centre_out(
-        data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed
-    )
+    split = fold_split(data, cfg.data, cfg.held_out_centre)
     fold = None
     if needs_fold(cfg):
         ref = folds.get(cfg.held_out_centre)

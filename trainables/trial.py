@@ -31,8 +31,8 @@ from trainables.data.augment import build_train_transform
 from trainables.data.cache import DecodedData
 from trainables.data.dataset import SegmentationDataset
 from trainables.data.device_loader import DeviceBatches, DeviceData
-from trainables.data.source import prepare_data
-from trainables.data.splits import FoldSplit, leave_one_centre_out
+from trainables.data.source import fold_split, prepare_data
+from trainables.data.splits import FoldSplit
 from trainables.engine import Occluder, Runtime, evaluate, seed_everything, train_one_epoch
 from trainables.models import SegmentationNet, build_model
 
@@ -91,6 +91,7 @@ class DataPath:
                 centre_labels=labels,
                 cams=cams,
                 shuffle=True,
+                drop_last=True,  # as the authors' loader: never a one-image training batch
             )
 
     def train(self, seed: int):
@@ -105,7 +106,12 @@ class DataPath:
             cams=self.cams,
         )
         return _loader(
-            ds, self.cfg, self.runtime, shuffle=True, generator=torch.Generator().manual_seed(seed)
+            ds,
+            self.cfg,
+            self.runtime,
+            shuffle=True,
+            drop_last=True,  # as the authors' loader: never a one-image training batch
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def eval(self, name: str):
@@ -150,13 +156,20 @@ def _masking_seed(epoch_seed: int) -> int:
     return int(np.random.SeedSequence([epoch_seed, 1]).generate_state(1)[0])
 
 
-def check_split(split: FoldSplit) -> None:
-    """Model selection needs validation frames; fail before any training if there are none."""
+def check_split(split: FoldSplit, batch_size: int) -> None:
+    """Model selection needs validation frames, and training drops a final incomplete batch
+    (a one-image batch breaks BatchNorm in train mode, e.g. DeepLabV3+'s ASPP pooling), so the
+    training split must fill one batch; fail before any training otherwise."""
     if not len(split.val) or not len(split.train):
         raise ValueError(
             f"held-out centre C{split.held_out}: empty train or validation split (train "
             f"{len(split.train)}, val {len(split.val)} frames) — the training centres have too "
             "few patients for an 80/10/10 patient split"
+        )
+    if len(split.train) < batch_size:
+        raise ValueError(
+            f"held-out centre C{split.held_out}: {len(split.train)} training frames, fewer than "
+            f"train.batch_size {batch_size} — no complete batch to train on"
         )
 
 
@@ -191,7 +204,7 @@ def run_segmentation(
     """
     if split.held_out != cfg.held_out_centre:
         raise ValueError(f"split is for C{split.held_out}, config for C{cfg.held_out_centre}")
-    check_split(split)
+    check_split(split, cfg.train.batch_size)
     if needs_fold(cfg) and fold is None:
         raise ValueError(f"masking.p = {cfg.masking.p} needs the fold's CAMs and classifier")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -373,11 +386,9 @@ def prepare_trial_inputs(
     Returns:
         data, split, fold artefacts (None for the baseline) and whether they came from the cache.
     """
-    _, data = prepare_data(cfg.data)
-    split = leave_one_centre_out(
-        data.centres, data.patients, cfg.held_out_centre, seed=cfg.data.split_seed
-    )
-    check_split(split)
+    _, data = prepare_data(cfg.data, held_out=[cfg.held_out_centre])
+    split = fold_split(data, cfg.data, cfg.held_out_centre)
+    check_split(split, cfg.train.batch_size)
     if not (with_fold or needs_fold(cfg)):
         return data, split, None, False
     fold, reused = prepare_trial_fold(cfg, data, split, fold_cache)

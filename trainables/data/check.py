@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.decode import DecodeError, decode_record
-from trainables.data.polypgen import DEFAULT_PATIENT_PATTERN, Manifest, Record, scan_polypgen
+from trainables.data.polypgen import Manifest, Record, scan_polypgen
 
 # Polyp area is measured at this size: it is a fraction of the frame, and decoding a reduced
 # image keeps the check fast on full-resolution data while still reading every file to the end.
@@ -23,6 +23,7 @@ class CentreSummary:
     patients: int = 0
     with_polyp: int = 0
     mean_polyp_area: float = 0.0  # fraction of the frame, over all frames
+    patient_rule: str = ""  # how the patients were found ("unknown: ..." when they were not)
 
 
 @dataclass
@@ -39,17 +40,27 @@ class DataReport:
         lines = [f"dataset {self.manifest.root}"]
         lines.append(
             f"{'centre':>6} {'images':>7} {'patients':>8} {'w/ polyp':>8} {'polyp area':>10}"
+            "  patients from"
         )
+        unknown = self.manifest.unknown_patients
         for c in self.centres:
+            patients = "unknown" if c.centre in unknown else str(c.patients)
             lines.append(
-                f"{'C' + str(c.centre):>6} {c.images:>7} {c.patients:>8} {c.with_polyp:>8} "
-                f"{c.mean_polyp_area:>10.4f}"
+                f"{'C' + str(c.centre):>6} {c.images:>7} {patients:>8} {c.with_polyp:>8} "
+                f"{c.mean_polyp_area:>10.4f}  {c.patient_rule}"
             )
         total = sum(c.images for c in self.centres)
-        lines.append(f"{'all':>6} {total:>7} {sum(c.patients for c in self.centres):>8}")
+        known = sum(c.patients for c in self.centres if c.centre not in unknown)
+        lines.append(f"{'all':>6} {total:>7} {known:>8}")
         if self.manifest.has_overlays:
             lines.append("overlay ground truth: present (synthetic data)")
         lines += [f"note: {n}" for n in self.manifest.notes]
+        for c, why in unknown.items():
+            lines.append(
+                f"warning: patients unknown for C{c} ({why}). A sweep that trains on C{c} is "
+                "refused unless data.manifest (see `camsweep data manifest`), data.patient_pattern "
+                "or data.allow_frame_level_split gives its patients"
+            )
         if self.problems:
             lines.append(f"{len(self.problems)} problem(s):")
             lines += [f"  - {p}" for p in self.problems]
@@ -70,7 +81,7 @@ def check_dataset(
     root: Path | str,
     *,
     manifest: Path | str | None = None,
-    patient_pattern: str = DEFAULT_PATIENT_PATTERN,
+    patient_pattern: str | None = None,
 ) -> DataReport:
     """Indexes and decodes every file; never raises for data problems, it lists them."""
     found, problems = scan_polypgen(root, manifest=manifest, patient_pattern=patient_pattern)
@@ -89,5 +100,7 @@ def check_dataset(
             s.with_polyp += area > 0
     for c, s in summaries.items():
         s.patients = len(patients[c])
+        rule = found.patients.get(c)
+        s.patient_rule = "" if rule is None else ("unknown" if not rule.known else rule.rule)
         s.mean_polyp_area = float(np.mean(areas[c])) if areas.get(c) else 0.0
     return DataReport(found, [summaries[c] for c in sorted(summaries)], problems)

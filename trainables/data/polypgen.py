@@ -2,8 +2,15 @@
 
 Layout, per centre k: ``data_C{k}/images_C{k}/<stem>.jpg`` and ``data_C{k}/masks_C{k}/<stem>_mask.jpg``;
 camsweep's synthetic generator adds ``data_C{k}/overlays_C{k}/<stem>_overlay.png`` (the ground truth
-of the extra-anatomical content). A CSV manifest with columns ``image, mask, centre, patient``
-(optional ``overlay``; relative paths are relative to the CSV's folder) overrides the layout.
+of the extra-anatomical content). The root may be the release folder
+(``PolypGen2021_MultiCenterData_v3``) or its parent. Everything else the release ships (bounding
+boxes, box drawings, sequences, the flat image copy, metadata, readme files, ``.DS_Store``) is not
+part of the single-frame task and is not read. One release quirk is handled: the image
+``C3_EndoCV2021_00489_.jpg`` (older copies: ``00489].jpg``) has the mask ``..._00489_mask.jpg``.
+
+Patient ids come from :mod:`trainables.data.patients`. A CSV manifest with columns ``image, mask,
+centre, patient`` (optional ``overlay``; relative paths are relative to the CSV's folder) overrides
+the layout and the patient rules.
 
 Indexing only looks at names; decoding problems (corrupt files, size mismatches) are found by
 :func:`trainables.data.check.check_dataset` and by the decoded cache, which both report every
@@ -18,9 +25,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainables.data.patients import CentrePatients, assign_patients, load_patient_lists
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
-# Matches camsweep's synthetic names (C3_P007_0012) and any name carrying "_P<digits>_".
-DEFAULT_PATIENT_PATTERN = r"_(?P<patient>[Pp]\d+)_"
 MANIFEST_COLUMNS = ("image", "mask", "centre", "patient")
 _CENTRE_DIR = re.compile(r"^data_C(\d+)$")
 
@@ -42,13 +49,22 @@ class Manifest:
 
     root: Path
     records: list[Record]
-    # True when patient ids came from names or a CSV; False when each frame is its own patient.
-    patients_known: bool = True
+    # How each centre's patient ids were found; a CSV manifest gives them for every centre.
+    patients: dict[int, CentrePatients] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def centres(self) -> list[int]:
         return sorted({r.centre for r in self.records})
+
+    @property
+    def unknown_patients(self) -> dict[int, str]:
+        """Centre → why its patients are unknown (its frames are then each their own patient)."""
+        return {c: p.problem or "unknown" for c, p in sorted(self.patients.items()) if not p.known}
+
+    @property
+    def patients_known(self) -> bool:
+        return not self.unknown_patients
 
     @property
     def has_overlays(self) -> bool:
@@ -72,29 +88,25 @@ class DatasetError(ValueError):
         super().__init__(f"{len(problems)} problem(s) in the dataset:\n{lines}")
 
 
-def patient_from_name(stem: str, pattern: re.Pattern[str]) -> str | None:
-    match = pattern.search(stem)
-    return match.group("patient") if match else None
-
-
 def _find_mask(masks_dir: Path, stem: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        candidate = masks_dir / f"{stem}_mask{suffix}"
-        if candidate.exists():
-            return candidate
+    # The release's one odd name: image C3_EndoCV2021_00489_ (or 00489]) has mask 00489_mask.
+    stems = [stem] + ([stem.rstrip("_]")] if stem.endswith(("_", "]")) else [])
+    for base in stems:
+        for suffix in IMAGE_SUFFIXES:
+            candidate = masks_dir / f"{base}_mask{suffix}"
+            if candidate.exists():
+                return candidate
     return None
 
 
-def _index_centre(
-    centre_dir: Path, k: int, pattern: re.Pattern[str], problems: list[str]
-) -> tuple[list[Record], bool]:
+def _index_centre(centre_dir: Path, k: int, problems: list[str]) -> list[Record]:
     images_dir, masks_dir = centre_dir / f"images_C{k}", centre_dir / f"masks_C{k}"
     overlays_dir = centre_dir / f"overlays_C{k}"
     for d in (images_dir, masks_dir):
         if not d.is_dir():
             problems.append(f"{d}: missing folder")
     if not images_dir.is_dir():
-        return [], True
+        return []
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         problems.append(f"{images_dir}: centre C{k} has no images")
@@ -102,36 +114,89 @@ def _index_centre(
     for stem, n in sorted(stems.items()):
         if n > 1:
             problems.append(f"{images_dir}: duplicate name {stem!r} ({n} files with that stem)")
-    records, all_named = [], True
+    records = []
     for image in images:
         mask = _find_mask(masks_dir, image.stem) if masks_dir.is_dir() else None
         if mask is None and masks_dir.is_dir():
             problems.append(f"{image}: no mask ({masks_dir / (image.stem + '_mask.jpg')} missing)")
             continue
-        overlay = overlays_dir / f"{image.stem}_overlay.png"
-        patient = patient_from_name(image.stem, pattern)
-        if patient is None:
-            all_named = False
-            patient = image.stem
+        overlay = _find_overlay(overlays_dir, image.stem)
         if mask is not None:
-            records.append(Record(image, mask, k, patient, overlay if overlay.exists() else None))
-    return records, all_named
+            # Patient ids are filled in per centre once every name is known.
+            records.append(Record(image, mask, k, "", overlay))
+    return records
+
+
+def _find_overlay(overlays_dir: Path, stem: str) -> Path | None:
+    for base in (stem, stem.rstrip("_]")):
+        candidate = overlays_dir / f"{base}_overlay.png"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def find_release_root(root: Path) -> tuple[Path, list[str]]:
+    """``root`` itself when it holds ``data_C<k>`` folders, else the one sub-folder that does
+    (users point at the release folder or at the folder they unpacked it into)."""
+    if _centre_dirs(root):
+        return root, []
+    inner = sorted(d for d in root.iterdir() if d.is_dir() and _centre_dirs(d))
+    if len(inner) == 1:
+        return inner[0], []
+    if inner:
+        names = ", ".join(d.name for d in inner)
+        return root, [f"{root}: several datasets inside ({names}); point data.root at one"]
+    return root, [f"{root}: no data_C<k> centre folders (is this a PolypGen root?)"]
+
+
+def _centre_dirs(root: Path) -> list[tuple[int, Path]]:
+    return sorted(
+        (int(m.group(1)), d)
+        for d in root.iterdir()
+        if d.is_dir() and (m := _CENTRE_DIR.match(d.name))
+    )
+
+
+def _with_patients(
+    records: list[Record], root: Path, pattern: re.Pattern[str] | None
+) -> tuple[list[Record], dict[int, CentrePatients]]:
+    lists, lists_problem = load_patient_lists(root)
+    out: list[Record] = []
+    found: dict[int, CentrePatients] = {}
+    for k in sorted({r.centre for r in records}):
+        of_centre = [r for r in records if r.centre == k]
+        found[k] = assign_patients(
+            k,
+            [r.image.stem for r in of_centre],
+            pattern=pattern,
+            lists=lists,
+            lists_problem=lists_problem,
+        )
+        # Unknown: each frame is its own patient (validation refuses to split such a centre
+        # unless the user accepts a frame-level split).
+        ids = found[k].patients or [r.image.stem for r in of_centre]
+        out += [
+            Record(r.image, r.mask, r.centre, pid, r.overlay) for r, pid in zip(of_centre, ids)
+        ]
+    return out, found
 
 
 def index_polypgen(
     root: Path | str,
     *,
     manifest: Path | str | None = None,
-    patient_pattern: str = DEFAULT_PATIENT_PATTERN,
+    patient_pattern: str | None = None,
 ) -> Manifest:
     """Indexes a PolypGen-style root, or reads a CSV manifest, into a :class:`Manifest`.
 
     Args:
-        root: dataset root holding ``data_C{k}`` folders.
+        root: dataset root holding ``data_C{k}`` folders (or the folder holding that root).
         manifest: optional CSV (columns image, mask, centre, patient[, overlay]); overrides the
             folder layout entirely.
-        patient_pattern: regex with a named group ``patient`` applied to image stems. Frames
-            whose names do not match become their own patient (noted in ``Manifest.notes``).
+        patient_pattern: regex with a named group ``patient`` applied to image stems, instead of
+            the built-in rules (:mod:`trainables.data.patients`). Centres whose patients cannot
+            be found are listed in ``Manifest.unknown_patients``; their frames become their own
+            patients.
 
     Raises:
         DatasetError: listing every structural problem (missing folders, images without masks,
@@ -147,7 +212,7 @@ def scan_polypgen(
     root: Path | str,
     *,
     manifest: Path | str | None = None,
-    patient_pattern: str = DEFAULT_PATIENT_PATTERN,
+    patient_pattern: str | None = None,
 ) -> tuple[Manifest, list[str]]:
     """Like :func:`index_polypgen`, but returns the usable records *and* the problems."""
     root = Path(root).expanduser()
@@ -156,41 +221,26 @@ def scan_polypgen(
     if not root.is_dir():
         return Manifest(root, []), [f"{root}: data root does not exist"]
     try:
-        pattern = re.compile(patient_pattern)
+        pattern = re.compile(patient_pattern) if patient_pattern is not None else None
     except re.error as exc:
         return Manifest(root, []), [f"patient_pattern {patient_pattern!r}: invalid regex ({exc})"]
-    if "patient" not in pattern.groupindex:
+    if pattern is not None and "patient" not in pattern.groupindex:
         return Manifest(root, []), [
             f"patient_pattern {patient_pattern!r}: needs a named group 'patient'"
         ]
-    centre_dirs = sorted(
-        (int(m.group(1)), d)
-        for d in root.iterdir()
-        if d.is_dir() and (m := _CENTRE_DIR.match(d.name))
-    )
-    if not centre_dirs:
-        return Manifest(root, []), [
-            f"{root}: no data_C<k> centre folders (is this a PolypGen root?)"
-        ]
-    problems: list[str] = []
+    root, problems = find_release_root(root)
+    if problems:
+        return Manifest(root, []), problems
     records: list[Record] = []
-    all_named = True
-    for k, d in centre_dirs:
-        recs, named = _index_centre(d, k, pattern, problems)
-        records.extend(recs)
-        all_named &= named
+    for k, d in _centre_dirs(root):
+        records += _index_centre(d, k, problems)
     names = Counter(r.image.name for r in records)
     for name, n in sorted(names.items()):
         if n > 1:
             centres = sorted(r.centre for r in records if r.image.name == name)
             problems.append(f"duplicate file name {name!r} in centres {centres}")
-    notes = []
-    if not all_named:
-        notes.append(
-            f"some image names do not match patient_pattern {patient_pattern!r}: those frames "
-            "are treated as their own patient (splits cannot keep a patient's frames together)"
-        )
-    return Manifest(root, records, patients_known=all_named, notes=notes), problems
+    records, patients = _with_patients(records, root, pattern)
+    return Manifest(root, records, patients=patients), problems
 
 
 def read_manifest_csv(path: Path, root: Path | None = None) -> tuple[Manifest, list[str]]:
@@ -232,4 +282,8 @@ def read_manifest_csv(path: Path, root: Path | None = None) -> tuple[Manifest, l
     names = Counter(r.image for r in records)
     problems += [f"{path}: image {p} listed {n} times" for p, n in names.items() if n > 1]
     records.sort(key=lambda r: (r.centre, r.image.name))
-    return Manifest(root or base, records), problems
+    patients = {
+        c: CentrePatients(c, [r.patient for r in records if r.centre == c], f"manifest {path}")
+        for c in sorted({r.centre for r in records})
+    }
+    return Manifest(root or base, records, patients=patients), problems

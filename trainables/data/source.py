@@ -1,14 +1,17 @@
-"""From a :class:`DataConfig` to decoded arrays: generate (synthetic), index, decode-or-reload."""
+"""From a :class:`DataConfig` to decoded arrays and folds: generate (synthetic), index, check the
+patients, decode-or-reload, split."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from trainables.config import DataConfig
 from trainables.data.cache import DecodedData, default_cache_dir, load_or_build
-from trainables.data.polypgen import DatasetError, Manifest, index_polypgen
+from trainables.data.polypgen import DatasetError, Manifest, index_polypgen, scan_polypgen
+from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.data.synthetic import MANIFEST_NAME, generate, parse_size
 
 
@@ -30,31 +33,81 @@ def _ensure_synthetic(cfg: DataConfig) -> Path:
         "scale": None if s.per_centre else s.scale,
         "size": parse_size(s.size),
         "seed": s.seed,
+        "naming": s.naming,
     }
     marker = root / MANIFEST_NAME
     if marker.exists():
         have = json.loads(marker.read_text())
-        if all(have.get(k) == (list(v) if k == "size" else v) for k, v in args.items()):
+        if have.get("complete") and all(
+            have.get(k) == (list(v) if k == "size" else v) for k, v in args.items()
+        ):
             return root
     generate(root, **args, overwrite=True)
     return root
 
 
-def prepare_data(cfg: DataConfig) -> tuple[Manifest, DecodedData]:
+def data_root(cfg: DataConfig) -> Path:
+    """The folder to index (generating synthetic data first if needed)."""
+    if cfg.source == "synthetic":
+        return _ensure_synthetic(cfg)
+    if cfg.root is None and cfg.manifest is None:
+        raise DatasetError(["data.root: required for source 'polypgen' (or give data.manifest)"])
+    return Path(cfg.root or Path(cfg.manifest).parent).expanduser()
+
+
+def scan_data(cfg: DataConfig) -> tuple[Manifest, list[str]]:
+    """Indexes names only (no pixels): the usable records and every structural problem."""
+    return scan_polypgen(data_root(cfg), manifest=cfg.manifest, patient_pattern=cfg.patient_pattern)
+
+
+def patient_problems(manifest: Manifest, cfg: DataConfig, held_out: Iterable[int]) -> list[str]:
+    """Refuses a frame-level split nobody asked for: training centres (of any of these folds)
+    whose patients are unknown, unless ``allow_frame_level_split`` accepts it."""
+    held_out = set(held_out)
+    unknown = manifest.unknown_patients
+    # The held-out centre is only tested on, so its patients matter only as a training centre.
+    training = {c: why for c, why in unknown.items() if held_out - {c}}
+    if not training or cfg.allow_frame_level_split:
+        return []
+    names = ", ".join(f"C{c}" for c in training)
+    reasons = "; ".join(training.values())
+    return [
+        f"data: patients unknown for training centre(s) {names} ({reasons}). Splitting them frame "
+        "by frame would put frames of one patient in train, validation and in-distribution "
+        "test, and make validation-based selection and test_in optimistic. Either give "
+        "data.manifest, a CSV with a patient column (`camsweep data manifest ROOT --out "
+        "patients.csv` writes one to review and edit); or set data.patient_pattern to a regex "
+        "with a group 'patient' that reads the id from the file names; or set "
+        "data.allow_frame_level_split: true to accept a frame-level split knowingly (it is "
+        "recorded with every result and in the exported tables)"
+    ]
+
+
+def index_data(cfg: DataConfig, held_out: Iterable[int] = ()) -> Manifest:
+    """Indexes the dataset; raises :class:`DatasetError` with every structural problem and, for
+    the folds given, any training centre without patients (see :func:`patient_problems`)."""
+    manifest, problems = scan_data(cfg)
+    if not problems:
+        problems = patient_problems(manifest, cfg, held_out)
+    if problems:
+        raise DatasetError(problems)
+    return manifest
+
+
+def prepare_data(cfg: DataConfig, held_out: Iterable[int] = ()) -> tuple[Manifest, DecodedData]:
     """Indexes (generating synthetic data first if needed) and loads the decoded cache.
 
     Raises:
-        DatasetError: listing every problem with the data, before any training starts.
+        DatasetError: listing every problem with the data, before any pixels are decoded.
     """
-    if cfg.source == "synthetic":
-        root = _ensure_synthetic(cfg)
-    else:
-        if cfg.root is None and cfg.manifest is None:
-            raise DatasetError(
-                ["data.root: required for source 'polypgen' (or give data.manifest)"]
-            )
-        root = Path(cfg.root or Path(cfg.manifest).parent).expanduser()
-    manifest = index_polypgen(root, manifest=cfg.manifest, patient_pattern=cfg.patient_pattern)
+    manifest = index_data(cfg, held_out)
     cache_dir = Path(cfg.cache_dir).expanduser() / "decoded" if cfg.cache_dir else None
     data, _ = load_or_build(manifest, cfg.image_size, cache_dir)
     return manifest, data
+
+
+def fold_split(data: DecodedData, cfg: DataConfig, held_out: int) -> FoldSplit:
+    """The split of one held-out fold under the configured scheme and seed."""
+    return leave_one_centre_out(
+        data.centres, data.patients, held_out, seed=cfg.split_seed, scheme=cfg.split
+    )

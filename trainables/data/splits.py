@@ -1,10 +1,17 @@
-"""Leave-one-centre-out splits by patient (DESIGN §1 Evaluation).
+"""Leave-one-centre-out splits by patient.
 
-For held-out centre k: within each other centre, patients are shuffled (seeded) and assigned to
-train / val / test_in so that the *image* counts approach 80/10/10; every frame of centre k is
-test_out. Splitting per centre keeps every training centre present in validation and in-
-distribution test, and splitting by patient keeps near-duplicate frames of one patient from
-leaking across splits.
+For held-out centre k every frame of centre k is test_out; the other centres' patients go to
+train / val / test_in, never a patient in two of them (near-duplicate frames of one patient would
+otherwise leak across splits). Two schemes (``data.split``):
+
+- ``per_centre`` (camsweep's default): within each training centre, patients are shuffled
+  (seeded) and assigned so that the *frame* counts approach 80/10/10. Every training centre is
+  then present in validation and in-distribution test.
+- ``pooled`` (the authors' released loader): the patients of all training centres are pooled;
+  80 % of the *patients* go to train and the rest are halved into validation and test_in, drawn
+  the way scikit-learn's ``train_test_split(ids, train_size=0.8, random_state=seed)`` and then
+  ``train_test_split(rest, train_size=0.5, random_state=seed)`` draw them (the authors used
+  seed 1). Frame shares then vary with patient sizes, and a small centre can miss a split.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 SPLIT_NAMES = ("train", "val", "test_in", "test_out")
+SPLIT_SCHEMES = ("per_centre", "pooled")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
@@ -78,12 +86,39 @@ def _assign_patients(sizes: list[int], fractions: tuple[float, float, float]) ->
     return assigned
 
 
+def _sklearn_split(n: int, train_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, rest) positions as ``sklearn.model_selection.train_test_split(range(n),
+    train_size=train_size, random_state=seed)`` returns them (ShuffleSplit: one legacy
+    RandomState permutation, the test part first), without depending on scikit-learn."""
+    n_train = int(np.floor(train_size * n))
+    permutation = np.random.RandomState(seed).permutation(n)
+    return permutation[n - n_train :], permutation[: n - n_train]
+
+
+def pooled_patient_split(
+    centres: np.ndarray, patients: Sequence[str], held_out: int, seed: int
+) -> list[list[int]]:
+    """Frame indices of train, val and test_in under the ``pooled`` scheme."""
+    frames_of: dict[tuple[int, str], list[int]] = {}
+    # Patients in the order the authors' loader meets them: centre by centre, then by first frame.
+    for i in np.flatnonzero(centres != held_out):
+        frames_of.setdefault((int(centres[i]), patients[i]), []).append(int(i))
+    keys = sorted(frames_of, key=lambda k: (k[0], frames_of[k][0]))
+    train, rest = _sklearn_split(len(keys), 0.8, seed)
+    val, test_in = _sklearn_split(len(rest), 0.5, seed)
+    return [
+        [i for pos in chosen for i in frames_of[keys[pos]]]
+        for chosen in (train, rest[val], rest[test_in])
+    ]
+
+
 def leave_one_centre_out(
     centres: Sequence[int] | np.ndarray,
     patients: Sequence[str],
     held_out: int,
     *,
     seed: int = 0,
+    scheme: str = "per_centre",
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
 ) -> FoldSplit:
     """Splits a dataset for one held-out centre.
@@ -93,12 +128,15 @@ def leave_one_centre_out(
         patients: patient id per frame (ids are scoped by centre).
         held_out: the centre used only as out-of-distribution test.
         seed: shuffles patients; the same inputs and seed give the same split.
-        fractions: train/val/test_in shares of each training centre's frames.
+        scheme: ``per_centre`` or ``pooled`` (see the module docstring).
+        fractions: train/val/test_in shares of each training centre's frames (``per_centre``).
 
     Raises:
-        ValueError: if ``held_out`` is not a centre of the data, fractions do not sum to 1, or no
-            training centre remains.
+        ValueError: if ``held_out`` is not a centre of the data, fractions do not sum to 1, the
+            scheme is unknown, or no training centre remains.
     """
+    if scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"unknown split scheme {scheme!r}; valid: {', '.join(SPLIT_SCHEMES)}")
     centres = np.asarray(centres)
     if len(centres) != len(patients):
         raise ValueError(f"{len(centres)} centres but {len(patients)} patients")
@@ -109,6 +147,9 @@ def leave_one_centre_out(
         raise ValueError(f"need at least two centres for leave-one-centre-out, got {present}")
     if abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
         raise ValueError(f"split fractions {fractions} must be non-negative and sum to 1")
+    if scheme == "pooled":
+        buckets = pooled_patient_split(centres, patients, held_out, seed)
+        return _fold(held_out, seed, buckets, centres)
     rng = np.random.default_rng([seed, held_out])
     buckets: list[list[int]] = [[], [], []]
     for c in present:
@@ -123,6 +164,10 @@ def leave_one_centre_out(
             order, _assign_patients([len(frames_of[p]) for p in order], fractions)
         ):
             buckets[split].extend(frames_of[patient])
+    return _fold(held_out, seed, buckets, centres)
+
+
+def _fold(held_out: int, seed: int, buckets: list[list[int]], centres: np.ndarray) -> FoldSplit:
     return FoldSplit(
         held_out=held_out,
         seed=seed,
