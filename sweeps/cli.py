@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="summarise a dataset and list every problem")
-    pattern_help = "regex with a group 'patient' read from the image names (default: built-in rules)"
+    pattern_help = (
+        "regex with a group 'patient' read from the image names (default: built-in rules)"
+    )
     check.add_argument("root", help="PolypGen root (data_C1 … data_C6) or the folder holding it")
     check.add_argument("--manifest", help="CSV manifest (image, mask, centre, patient)")
     check.add_argument("--patient-pattern", help=pattern_help)

@@ -21,7 +21,7 @@ STEM = re.compile(r"C(\d)_(P\d{3})_(\d{4})")
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthRecord]]:
     out = tmp_path_factory.mktemp("synth")
-    return out, generate(out, per_centre=6, size=SIZE, seed=0)
+    return out, generate(out, per_centre=6, size=SIZE, seed=0, naming="camsweep")
 
 
 def _gray(path: Path) -> np.ndarray:
@@ -65,10 +65,13 @@ def test_writes_polypgen_layout_with_patient_names(dataset):
     assert manifest["per_centre"] == 6 and manifest["centres"] == list(CENTRES)
     assert manifest["counts"] == {str(k): 6 for k in CENTRES}
     assert manifest["complete"] is True and manifest["total"] == len(records)
+    assert manifest["naming"] == "camsweep"
 
 
 def test_patients_have_2_to_10_frames_numbered_from_zero(tmp_path):
-    records = generate(tmp_path, per_centre=57, size=(32, 32), seed=3, centres=(2,))
+    records = generate(
+        tmp_path, per_centre=57, size=(32, 32), seed=3, centres=(2,), naming="camsweep"
+    )
     frames = defaultdict(list)
     for r in records:
         frames[r.patient].append(int(STEM.fullmatch(r.image.stem).group(3)))
@@ -80,7 +83,7 @@ def test_patients_have_2_to_10_frames_numbered_from_zero(tmp_path):
 
 
 def test_frames_of_a_patient_share_tint(tmp_path):
-    records = generate(tmp_path, per_centre=40, size=SIZE, seed=0, centres=(4,))
+    records = generate(tmp_path, per_centre=40, size=SIZE, seed=0, centres=(4,), naming="camsweep")
     chroma = defaultdict(list)
     for r in records:
         rgb = cv2.imread(str(r.image))[..., ::-1].astype(np.float64)
@@ -94,9 +97,9 @@ def test_frames_of_a_patient_share_tint(tmp_path):
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
-    a = generate(tmp_path / "a", per_centre=3, size=SIZE, seed=7)
-    generate(tmp_path / "b", per_centre=3, size=SIZE, seed=7)
-    generate(tmp_path / "c", per_centre=3, size=SIZE, seed=8)
+    a = generate(tmp_path / "a", per_centre=3, size=SIZE, seed=7, naming="camsweep")
+    generate(tmp_path / "b", per_centre=3, size=SIZE, seed=7, naming="camsweep")
+    generate(tmp_path / "c", per_centre=3, size=SIZE, seed=8, naming="camsweep")
     files_a, files_b, files_c = (_files(tmp_path / n) for n in "abc")
     assert files_a == files_b
     # Patient partitions may differ between seeds; compare frames present in both.
@@ -131,7 +134,7 @@ def test_overlay_mask_covers_every_pixel_the_overlay_draws(tmp_path, monkeypatch
 
     for k, style in list(synthetic._OVERLAYS.items()):
         monkeypatch.setitem(synthetic._OVERLAYS, k, checked(style))
-    generate(tmp_path, per_centre=2 if size == SIZE else 1, size=size, seed=2)
+    generate(tmp_path, per_centre=2 if size == SIZE else 1, size=size, seed=2, naming="camsweep")
     assert len(leaks) == (12 if size == SIZE else 6) and leaks == [0] * len(leaks)
 
 
@@ -144,7 +147,7 @@ def test_overlay_pixels_are_removed_from_polyp_masks(tmp_path, monkeypatch):
         return mask
 
     monkeypatch.setitem(synthetic._OVERLAYS, 1, left_half)
-    records = generate(tmp_path, per_centre=12, size=SIZE, seed=0, centres=(1,))
+    records = generate(tmp_path, per_centre=12, size=SIZE, seed=0, centres=(1,), naming="camsweep")
     polyps = np.array([_binary(r.mask) for r in records])
     assert polyps[:, :, SIZE[0] // 2 :].any()
     assert not polyps[:, :, : SIZE[0] // 2].any()
@@ -203,7 +206,7 @@ def test_colours_are_rgb_correct(dataset):
 
 @pytest.mark.parametrize("size", [(32, 32), (48, 96), (200, 37)])
 def test_small_and_odd_sizes_keep_every_style(tmp_path, size):
-    records = generate(tmp_path, per_centre=2, size=size, seed=1)
+    records = generate(tmp_path, per_centre=2, size=size, seed=1, naming="camsweep")
     for r in records:
         image = cv2.imread(str(r.image))
         assert image.shape == (size[1], size[0], 3)
@@ -211,7 +214,7 @@ def test_small_and_odd_sizes_keep_every_style(tmp_path, size):
 
 
 def test_scale_sets_counts_from_polypgen_sizes(tmp_path):
-    records = generate(tmp_path, scale=0.05, size=(32, 32), seed=0)
+    records = generate(tmp_path, scale=0.05, size=(32, 32), seed=0, naming="camsweep")
     counts = {k: sum(r.centre == k for r in records) for k in CENTRES}
     assert counts == {k: round(0.05 * n) for k, n in POLYPGEN_CENTRE_SIZES.items()}
     manifest = json.loads((tmp_path / "synth.json").read_text())
@@ -219,16 +222,16 @@ def test_scale_sets_counts_from_polypgen_sizes(tmp_path):
 
 
 def test_tiny_scale_keeps_one_frame_and_centres_subset(tmp_path):
-    records = generate(tmp_path, scale=0.001, size=(32, 32), centres=(2, 5))
+    records = generate(tmp_path, scale=0.001, size=(32, 32), centres=(2, 5), naming="camsweep")
     assert [r.centre for r in records] == [2, 5]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data_C2", "data_C5", "synth.json"]
 
 
 def test_existing_dataset_needs_overwrite(tmp_path):
-    generate(tmp_path, per_centre=2, size=(32, 32), centres=(1, 2))
+    generate(tmp_path, per_centre=2, size=(32, 32), centres=(1, 2), naming="camsweep")
     with pytest.raises(FileExistsError, match="overwrite"):
-        generate(tmp_path, per_centre=2, size=(32, 32))
-    generate(tmp_path, per_centre=2, size=(32, 32), centres=(3,), overwrite=True)
+        generate(tmp_path, per_centre=2, size=(32, 32), naming="camsweep")
+    generate(tmp_path, per_centre=2, size=(32, 32), centres=(3,), overwrite=True, naming="camsweep")
     # The old centres are gone, so the loader cannot mix two datasets.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data_C3", "synth.json"]
 
@@ -236,7 +239,7 @@ def test_existing_dataset_needs_overwrite(tmp_path):
 def test_refuses_to_touch_a_foreign_dataset(tmp_path):
     (tmp_path / "data_C1" / "images_C1").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="data_C1"):
-        generate(tmp_path, per_centre=2, size=(32, 32), overwrite=True)
+        generate(tmp_path, per_centre=2, size=(32, 32), overwrite=True, naming="camsweep")
     assert (tmp_path / "data_C1" / "images_C1").is_dir()
 
 
@@ -261,6 +264,8 @@ def test_parse_size():
         ({"seed": -2}, "-2"),
         ({"per_centre": 2.5}, "2.5"),
         ({"centres": ()}, "empty"),
+        ({"naming": "PolypGen"}, "'PolypGen'.*valid namings: 'camsweep', 'polypgen'"),
+        ({"naming": None}, "None.*valid namings"),
     ],
 )
 def test_bad_arguments_raise_naming_the_value(tmp_path, kwargs, named):
@@ -270,3 +275,259 @@ def test_bad_arguments_raise_naming_the_value(tmp_path, kwargs, named):
     with pytest.raises(ValueError, match=named):
         generate(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+# --- polypgen naming ----------------------------------------------------------------------------
+
+PG_FRAMES = 24
+SECOND_SIZE = (48, 36)  # 3/4 of SIZE
+PG_NAMES = {
+    1: re.compile(r"(?P<patient>\d{3})(?P<infix>OLC1|OLCV1)_100H(?P<n>\d{4})"),
+    2: re.compile(r"EndoCV2021_(?P<n>\d{6})"),
+    3: re.compile(r"C3_EndoCV2021_(?P<n>\d{5})(?P<quirk>_?)"),
+    4: re.compile(r"(?P<patient>[1-9]\d*)_endocv2021_positive_(?P<n>[1-9]\d*)"),
+    5: re.compile(r"EndoCV2021_C5_(?P<n>\d{8})"),
+    6: re.compile(r"EndoCV2021_C6_(?P<n>\d{7})"),
+}
+PG_FIRST_NUMBER = {1: 1, 2: 1000, 3: 489 - PG_FRAMES // 2, 4: 1, 5: 50000000, 6: 100000}
+
+
+@pytest.fixture(scope="module")
+def pg_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[SynthRecord]]:
+    out = tmp_path_factory.mktemp("synth_pg")
+    return out, generate(out, per_centre=PG_FRAMES, size=SIZE, seed=0, naming="polypgen")
+
+
+def _number(record: SynthRecord) -> int:
+    return int(PG_NAMES[record.centre].fullmatch(record.image.stem).group("n"))
+
+
+def _by_centre(records: list[SynthRecord]) -> dict[int, list[SynthRecord]]:
+    groups = defaultdict(list)
+    for r in records:
+        groups[r.centre].append(r)
+    return groups
+
+
+def test_polypgen_names_follow_each_centres_scheme(pg_dataset):
+    out, records = pg_dataset
+    assert len(records) == PG_FRAMES * len(CENTRES)
+    for k, group in _by_centre(records).items():
+        infixes = {}
+        for i, r in enumerate(group):
+            match = PG_NAMES[k].fullmatch(r.image.stem)
+            assert match is not None, r.image
+            n = int(match.group("n"))
+            assert n == PG_FIRST_NUMBER[k] + i, r.image  # consecutive, patient by patient
+            folder = out / f"data_C{k}"
+            assert r.image.parent == folder / f"images_C{k}" and r.image.is_file()
+            stem = r.image.stem.removesuffix("_") if k == 3 and n == 489 else r.image.stem
+            assert r.mask == folder / f"masks_C{k}" / f"{stem}_mask.jpg" and r.mask.is_file()
+            assert r.overlay == folder / f"overlays_C{k}" / f"{stem}_overlay.png"
+            assert r.overlay.is_file()
+            if k == 1:
+                assert r.patient == match.group("patient")
+                infixes.setdefault(r.patient, set()).add(match.group("infix"))
+            elif k == 4:
+                assert r.patient == match.group("patient")
+            else:
+                assert re.fullmatch(r"[1-9]\d*", r.patient), r.patient
+            if k == 3:
+                assert match.group("quirk") == ("_" if n == 489 else ""), r.image
+        # Patient ids: C1 101, 102, ...; others 1, 2, ...; each patient's frames contiguous.
+        first = 101 if k == 1 else 1
+        order = list(dict.fromkeys(r.patient for r in group))
+        assert order == [str(first + j) for j in range(len(order))], (k, order)
+        if k == 1:
+            assert len(order) >= 2
+            for j, pid in enumerate(order):
+                assert infixes[pid] == {"OLC1" if j % 2 == 0 else "OLCV1"}, pid
+        on_disk = {p.name for p in (out / f"data_C{k}" / f"images_C{k}").glob("*.jpg")}
+        assert on_disk == {r.image.name for r in group}
+
+
+def test_polypgen_c3_quirk_frame(pg_dataset, tmp_path):
+    out, records = pg_dataset
+    masks = out / "data_C3" / "masks_C3"
+    assert (out / "data_C3" / "images_C3" / "C3_EndoCV2021_00489_.jpg").is_file()
+    assert not (out / "data_C3" / "images_C3" / "C3_EndoCV2021_00489.jpg").exists()
+    assert (masks / "C3_EndoCV2021_00489_mask.jpg").is_file()
+    assert not (masks / "C3_EndoCV2021_00489__mask.jpg").exists()
+    (quirk,) = [r for r in records if r.image.name.endswith("00489_.jpg")]
+    assert quirk.centre == 3 and quirk.mask.name == "C3_EndoCV2021_00489_mask.jpg"
+    # Frame 489 exists for any frame count, down to a single frame.
+    for count, names in ((1, ["00489_"]), (2, ["00488", "00489_"])):
+        kwargs = {"per_centre": count, "size": (32, 32), "centres": (3,), "naming": "polypgen"}
+        small = generate(tmp_path / str(count), **kwargs)
+        assert [r.image.stem.removeprefix("C3_EndoCV2021_") for r in small] == names
+
+
+def test_polypgen_masks_mix_rgb_and_single_channel_like_the_release(pg_dataset):
+    from PIL import Image
+
+    _, records = pg_dataset
+    for k, group in _by_centre(records).items():
+        modes = []
+        for r in group:
+            with Image.open(r.mask) as mask:
+                modes.append(mask.mode)
+                values = np.asarray(mask)
+            assert np.all((values <= 32) | (values >= 223)), r.mask
+        if k in (1, 2):
+            expected = round(PG_FRAMES * (241 / 256 if k == 1 else 211 / 301))
+            assert modes.count("RGB") == expected and modes.count("L") == PG_FRAMES - expected
+        else:
+            assert set(modes) == {"L"}, k
+        masks = [_gray(r.mask) for r in group]
+        assert any(not m.any() for m in masks) and any(m.any() for m in masks), k
+
+
+def test_polypgen_second_size_for_a_minority_of_patients(pg_dataset):
+    _, records = pg_dataset
+    centres_with_two_sizes = 0
+    for k, group in _by_centre(records).items():
+        sizes_by_patient = defaultdict(set)
+        for r in group:
+            image = cv2.imread(str(r.image), cv2.IMREAD_UNCHANGED)
+            size = (image.shape[1], image.shape[0])
+            assert _gray(r.mask).shape == _gray(r.overlay).shape == image.shape[:2], r.image
+            sizes_by_patient[r.patient].add(size)
+        assert all(len(s) == 1 for s in sizes_by_patient.values()), k
+        per_patient = [next(iter(s)) for s in sizes_by_patient.values()]
+        assert set(per_patient) <= {SIZE, SECOND_SIZE}
+        n_second = per_patient.count(SECOND_SIZE)
+        if len(per_patient) >= 4:
+            assert 1 <= n_second <= len(per_patient) // 2, (k, per_patient)
+            centres_with_two_sizes += 1
+        else:
+            assert n_second == 0, (k, per_patient)
+    assert centres_with_two_sizes >= 2
+
+
+def test_polypgen_patient_lists_match_records_in_frame_order(pg_dataset, tmp_path):
+    out, records = pg_dataset
+    lists = json.loads((out / "polypgen-patients.json").read_text())
+    assert set(lists) == {"about", "centres"} and isinstance(lists["about"], str)
+    assert set(lists["centres"]) == {"C2", "C3", "C5", "C6"}
+    for k in (2, 3, 5, 6):
+        group = sorted((r for r in records if r.centre == k), key=_number)
+        assert lists["centres"][f"C{k}"] == [r.patient for r in group], k
+
+    generate(tmp_path, per_centre=4, size=(32, 32), centres=(4, 5, 1), naming="polypgen")
+    lists = json.loads((tmp_path / "polypgen-patients.json").read_text())
+    assert list(lists["centres"]) == ["C5"] and len(lists["centres"]["C5"]) == 4
+
+
+def test_polypgen_extras_are_present(pg_dataset):
+    out, records = pg_dataset
+    for k, group in _by_centre(records).items():
+        folder = out / f"data_C{k}"
+        box_images = folder / ("bbox_images_C6" if k == 6 else f"bbox_image_C{k}")
+        assert not (k == 6 and (folder / "bbox_image_C6").exists())
+        for r in group:
+            stem = r.image.name.removesuffix(".jpg")
+            text = (folder / f"bbox_C{k}" / f"{stem}.txt").read_text()
+            mask = _binary(r.mask)
+            if mask.any():
+                match = re.fullmatch(r"polyp (\d+) (\d+) (\d+) (\d+)\n", text)
+                assert match is not None, text
+                x1, y1, x2, y2 = map(int, match.groups())
+                ys, xs = np.nonzero(mask)
+                assert abs(x1 - xs.min()) <= 1 and abs(x2 - xs.max()) <= 1, (r.mask, text)
+                assert abs(y1 - ys.min()) <= 1 and abs(y2 - ys.max()) <= 1, (r.mask, text)
+            else:
+                assert text == ""
+            assert (
+                cv2.imread(str(box_images / f"{stem}.jpg")).shape == cv2.imread(str(r.image)).shape
+            )
+
+    seq = out / "sequenceData" / "positive" / "seq1"
+    images = sorted(p.name for p in (seq / "images_seq1").iterdir())
+    assert len(images) == 2
+    stems = [n.removesuffix(".jpg") for n in images]
+    assert sorted(p.name for p in (seq / "masks_seq1").iterdir()) == [
+        f"{s}_mask.jpg" for s in stems
+    ]
+    assert sorted(p.name for p in (seq / "bbox_seq1").iterdir()) == [f"{s}.txt" for s in stems]
+    assert sorted(p.name for p in (seq / "bbox_image_seq1").iterdir()) == images
+    negatives = list((out / "sequenceData" / "negativeOnly" / "seq1_neg").iterdir())
+    assert len(negatives) == 2 and all(p.suffix == ".jpg" for p in negatives)
+
+    originals = {r.image.name: r.image for r in records}
+    flat = list((out / "imagesAll_positive").iterdir())
+    assert 1 <= len(flat) <= 3 * len(CENTRES)
+    for p in flat:
+        assert p.read_bytes() == originals[p.name].read_bytes()
+        assert _binary(next(r.mask for r in records if r.image.name == p.name)).any()
+
+    details = out / "dataDetails_PolypGen_SingleFrames"
+    assert sorted(p.name for p in details.iterdir()) == [
+        f"dataDetails_C{k}.csv" for k in range(1, 6)
+    ]
+    for k in range(1, 6):
+        lines = (details / f"dataDetails_C{k}.csv").read_text().splitlines()
+        assert len(lines) == 1 + PG_FRAMES
+    for name in ("readme.md", "readme.html", "license.txt", "fileStructure_all.txt"):
+        assert (out / name).read_text().strip(), name
+    for folder in ("", "data_C1", "data_C1/images_C1", "data_C2/masks_C2"):
+        assert (out / folder / ".DS_Store").is_file(), folder
+    assert json.loads((out / "synth.json").read_text())["naming"] == "polypgen"
+
+
+def test_polypgen_renders_the_same_frames_as_camsweep(tmp_path):
+    kwargs = {"per_centre": 12, "size": SIZE, "seed": 4, "centres": (4, 5)}
+    camsweep = generate(tmp_path / "c", **kwargs, naming="camsweep")
+    polypgen = generate(tmp_path / "p", **kwargs, naming="polypgen")
+    assert [r.centre for r in camsweep] == [r.centre for r in polypgen]
+    # Same patients: camsweep's P00n is polypgen's n in C4 and C5.
+    assert [int(r.patient[1:]) for r in camsweep] == [int(r.patient) for r in polypgen]
+    main = 0
+    for c, p in zip(camsweep, polypgen, strict=True):
+        if cv2.imread(str(p.image)).shape[:2] == (SIZE[1], SIZE[0]):
+            main += 1
+            for a, b in ((c.image, p.image), (c.mask, p.mask), (c.overlay, p.overlay)):
+                assert a.read_bytes() == b.read_bytes(), b
+    assert main >= len(camsweep) // 2
+
+
+def test_polypgen_same_seed_gives_identical_bytes(tmp_path):
+    kwargs = {"per_centre": 10, "size": SIZE, "centres": (1, 3, 6), "naming": "polypgen"}
+    generate(tmp_path / "a", seed=5, **kwargs)
+    generate(tmp_path / "b", seed=5, **kwargs)
+    generate(tmp_path / "c", seed=6, **kwargs)
+    files_a, files_b, files_c = (_files(tmp_path / n) for n in "abc")
+    assert files_a == files_b
+    assert "polypgen-patients.json" in files_a and "fileStructure_all.txt" in files_a
+    shared = [n for n in files_a if n.endswith(".jpg") and "images_C" in n and n in files_c]
+    assert shared and all(files_a[n] != files_c[n] for n in shared)
+
+
+def test_overwrite_removes_everything_either_naming_wrote(tmp_path):
+    generate(tmp_path, per_centre=4, size=(32, 32), centres=(1, 2, 6), naming="polypgen")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        generate(tmp_path, per_centre=2, size=(32, 32), centres=(3,))
+    generate(tmp_path, per_centre=2, size=(32, 32), centres=(3,), overwrite=True, naming="camsweep")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data_C3", "synth.json"]
+    generate(tmp_path, per_centre=2, size=(32, 32), centres=(4,), overwrite=True, naming="polypgen")
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "data_C3" not in names and {"data_C4", "sequenceData", ".DS_Store"} <= names
+
+
+@pytest.mark.parametrize("name", ["sequenceData", "imagesAll_positive", "polypgen-patients.json"])
+def test_refuses_to_touch_foreign_release_content(tmp_path, name):
+    target = tmp_path / name
+    if name.endswith(".json"):
+        target.write_text("{}")
+    else:
+        (target / "keep").mkdir(parents=True)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=re.escape(name)):
+            generate(tmp_path, per_centre=2, size=(32, 32), overwrite=overwrite, naming="polypgen")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert target.exists()
+
+
+def test_stray_ds_store_does_not_block_generation(tmp_path):
+    (tmp_path / ".DS_Store").write_bytes(b"junk")
+    generate(tmp_path, per_centre=2, size=(32, 32), centres=(1,))
+    assert (tmp_path / "data_C1").is_dir()

@@ -100,6 +100,41 @@ def test_classifier_refuses_a_split_containing_the_held_out_centre(data, split):
         train_centre_classifier(data, leaky, cfg.classifier, Runtime.from_config(cfg.train))
 
 
+def _one_more_than_batches(split: FoldSplit, batch: int) -> FoldSplit:
+    n = (len(split.train) // batch - 1) * batch + 1  # a final batch of one image
+    return FoldSplit(split.held_out, split.seed, split.train[:n], split.val, split.test_in,
+                     split.test_out)  # fmt: skip
+
+
+@pytest.mark.parametrize("data_path", ["loader", "device"])
+def test_deeplab_trains_on_a_split_one_more_than_whole_batches(data, split, data_path, tmp_path):
+    """BatchNorm in train mode (DeepLabV3+'s ASPP pooling) fails on a one-image batch: the
+    final incomplete training batch is dropped, in both data paths."""
+    odd = _one_more_than_batches(split, 4)
+    assert len(odd.train) % 4 == 1
+    cfg = tiny_config(model__arch="deeplabv3plus", masking__p=0.0, train__data_path=data_path)
+    result = run_segmentation(cfg, data, odd, None, tmp_path)
+    assert np.isfinite(result.metrics["train/loss"])
+
+
+def test_centre_classifier_drops_its_one_image_batch(data, split):
+    # At 32 px ResNet's layer4 is 1x1: BatchNorm there needs more than one image per batch.
+    cfg = tiny_config()
+    odd = _one_more_than_batches(split, cfg.classifier.batch_size)
+    model, metrics = train_centre_classifier(
+        data, odd, cfg.classifier, Runtime.from_config(cfg.train)
+    )
+    assert 0 <= metrics["train_accuracy"] <= 1
+
+
+def test_a_training_split_smaller_than_a_batch_is_refused(data, split, tmp_path):
+    small = FoldSplit(split.held_out, split.seed, split.train[:3], split.val, split.test_in,
+                      split.test_out)  # fmt: skip
+    cfg = tiny_config(masking__p=0.0)
+    with pytest.raises(ValueError, match="3 training frames, fewer than train.batch_size 4"):
+        run_segmentation(cfg, data, small, None, tmp_path)
+
+
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "sdnet"])
 def test_one_epoch_trial_per_architecture(arch, data, split, fold, tmp_path):
     cfg = tiny_config(model__arch=arch)

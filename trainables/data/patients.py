@@ -115,7 +115,9 @@ def _polypgen(centre: int, stems: Sequence[str], lists: PatientLists | None, lis
     entries = lists.centres.get(centre)
     where = lists.source.name if lists.source != SHIPPED_LISTS else "the authors' list"
     if entries is None:
-        return CentrePatients(centre, None, "PolypGen list", f"{lists.source} has no list for C{centre}")
+        return CentrePatients(
+            centre, None, "PolypGen list", f"{lists.source} has no list for C{centre}"
+        )
     if len(entries) != len(stems):
         return CentrePatients(
             centre,
@@ -152,8 +154,10 @@ def assign_patients(
             return found
         miss = next(s for s in stems if not pattern.search(s))
         return CentrePatients(
-            centre, None, "patient_pattern", f"C{centre}: {miss!r} does not match patient_pattern "
-            f"{pattern.pattern!r}"
+            centre,
+            None,
+            "patient_pattern",
+            f"C{centre}: {miss!r} does not match patient_pattern {pattern.pattern!r}",
         )
     own = re.compile(CAMSWEEP_PATIENT_PATTERN)
     found = _from_pattern(centre, stems, own, "camsweep synthetic names")

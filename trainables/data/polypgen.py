@@ -175,9 +175,7 @@ def _with_patients(
         # Unknown: each frame is its own patient (validation refuses to split such a centre
         # unless the user accepts a frame-level split).
         ids = found[k].patients or [r.image.stem for r in of_centre]
-        out += [
-            Record(r.image, r.mask, r.centre, pid, r.overlay) for r, pid in zip(of_centre, ids)
-        ]
+        out += [Record(r.image, r.mask, r.centre, pid, r.overlay) for r, pid in zip(of_centre, ids)]
     return out, found
 
 

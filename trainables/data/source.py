@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainables.config import DataConfig
 from trainables.data.cache import DecodedData, default_cache_dir, load_or_build
-from trainables.data.polypgen import DatasetError, Manifest, index_polypgen, scan_polypgen
+from trainables.data.polypgen import DatasetError, Manifest, scan_polypgen
 from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.data.synthetic import MANIFEST_NAME, generate, parse_size
 

@@ -1,7 +1,9 @@
 """Synthetic PolypGen-like dataset generator.
 
-Writes colonoscopy-like frames in the real PolypGen single-frame layout so that the real loader is
-what tests, the demo and the benchmarks exercise::
+Writes colonoscopy-like frames in a PolypGen single-frame layout so that the real loader is what
+tests, the demo and the benchmarks exercise. Two namings are available.
+
+``naming="camsweep"`` — camsweep's own names, with the patient in every name::
 
     out/data_C{k}/images_C{k}/{stem}.jpg            RGB frame (JPEG)
     out/data_C{k}/masks_C{k}/{stem}_mask.jpg        polyp mask, 0/255 grayscale JPEG
@@ -9,6 +11,41 @@ what tests, the demo and the benchmarks exercise::
     out/synth.json                                  generator arguments and per-centre counts
 
 with ``stem = C{k}_P{patient:03d}_{frame:04d}`` (``frame`` counts the patient's frames from 0).
+
+``naming="polypgen"`` (the default, so tests and the demo read what the real release looks
+like) — a tree shaped like the public release ``PolypGen2021_MultiCenterData_v3``
+(``out`` plays the role of that folder). With ``i`` the frame's index within its centre (from 0,
+patient by patient) and ``p`` its patient number (from 1), the image names are::
+
+    C1  {100+p:03d}OLC1_100H{i+1:04d}.jpg     OLC1 for odd p, OLCV1 for even p; patient "{100+p}"
+    C2  EndoCV2021_{1000+i:06d}.jpg
+    C3  C3_EndoCV2021_{n:05d}.jpg             n = max(1, 489 - count // 2) + i
+    C4  {p}_endocv2021_positive_{i+1}.jpg     patient "{p}"
+    C5  EndoCV2021_C5_{50000000+i:08d}.jpg
+    C6  EndoCV2021_C6_{100000+i:07d}.jpg
+
+Masks are ``data_C{k}/masks_C{k}/<stem>_mask.jpg`` and overlays (camsweep's CAM ground truth, not
+in the release) ``data_C{k}/overlays_C{k}/<stem>_overlay.png``, except for the release's quirk in
+C3: frame 489 is the image ``C3_EndoCV2021_00489_.jpg`` with the mask
+``C3_EndoCV2021_00489_mask.jpg`` (and overlay ``C3_EndoCV2021_00489_overlay.png``). C2, C3, C5
+and C6 do not name patients; ``out/polypgen-patients.json`` holds their per-frame patient ids
+("1", "2", ...) ordered by frame number, in the format of the authors' lists. As in the release,
+C1 and C2 masks are mostly 3-channel JPEGs (241/256 and 211/301 of the frames, chosen by seeded
+draw), the other masks single-channel; about one patient in four per centre (at least one when a
+centre has 4 or more) is written at a second size of 3/4 of each side (at least 32 px). The release's
+other content, which loaders must ignore, is imitated with small deterministic files::
+
+    out/data_C{k}/bbox_C{k}/<stem>.txt              "polyp x1 y1 x2 y2" (empty: no polyp)
+    out/data_C{k}/bbox_image_C{k}/<stem>.jpg        the frame with its box drawn (C6: bbox_images_C6)
+    out/sequenceData/positive/seq1/{images,masks,bbox,bbox_image}_seq1/   two frames
+    out/sequenceData/negativeOnly/seq1_neg/         two frames without polyps or masks
+    out/imagesAll_positive/                         copies of up to 3 frames with polyps per centre
+    out/dataDetails_PolypGen_SingleFrames/dataDetails_C{k}.csv   k = 1..5 (the release has no C6)
+    out/readme.md, readme.html, license.txt, fileStructure_all.txt
+    .DS_Store in out, data_C1, data_C1/images_C1 and data_C2/masks_C2
+
+Patients (their number and frames), rendering, overlays and determinism do not depend on the
+naming, except that second-size frames are rendered at their own size.
 
 Every centre burns in its own style of extra-anatomical content (borders, text, scope thumbnail,
 frame miniature, status bar), which is the main cue that tells the centres apart; its pixels are
@@ -33,6 +70,20 @@ POLYPGEN_CENTRE_SIZES: dict[int, int] = {1: 256, 2: 301, 3: 457, 4: 227, 5: 208,
 MIN_SIDE = 32
 FORMAT_VERSION = 1
 MANIFEST_NAME = "synth.json"
+NAMINGS = ("camsweep", "polypgen")
+PATIENT_LISTS_NAME = "polypgen-patients.json"
+# What a polypgen-named dataset holds at `out` besides data_C<k> and synth.json.
+_POLYPGEN_EXTRAS = (
+    PATIENT_LISTS_NAME,
+    "sequenceData",
+    "imagesAll_positive",
+    "dataDetails_PolypGen_SingleFrames",
+    "readme.md",
+    "readme.html",
+    "license.txt",
+    "fileStructure_all.txt",
+    ".DS_Store",
+)
 
 _JPEG_QUALITY = 95
 # Masks are stored as JPEG to match PolypGen; maximum quality keeps the ringing far from the
@@ -45,10 +96,20 @@ _BASE_MUCOSA_RGB = np.array([205.0, 96.0, 84.0], dtype=np.float32)
 _LOW_RES_MAX_SIDE = 192
 _POLYP_COUNT_P = (0.2, 0.45, 0.25, 0.1)
 
+# polypgen naming: masks stored as 3-channel JPEGs in the release (C1: 241 of 256, C2: 211 of 301).
+_RGB_MASK_FRACTION = {1: (241, 256), 2: (211, 301)}
+_LIST_CENTRES = (2, 3, 5, 6)  # centres whose names carry no patient
+_C3_QUIRK = 489  # the C3 frame whose image name has a trailing underscore
+_SECOND_SIZE_FRACTION = 0.75
+_DS_STORE = b"\x00\x00\x00\x01Bud1" + bytes(26)  # junk of the kind macOS leaves behind
+
 # Tags that keep the independent random streams of one (seed, centre) apart.
 _TAG_PARTITION = 0
 _TAG_PATIENT = 1
 _TAG_FRAME = 2
+_TAG_NAMING = 3
+_TAG_SEQUENCE = 4
+_TAG_NEGATIVE = 5
 
 
 @dataclass(frozen=True)
@@ -57,10 +118,12 @@ class SynthRecord:
 
     Attributes:
         image: The RGB frame (JPEG).
-        mask: The polyp mask (0/255 grayscale JPEG), without overlay pixels.
+        mask: The polyp mask (0/255 JPEG), without overlay pixels.
         overlay: The extra-anatomical overlay mask (0/255 PNG).
         centre: The centre, 1..6.
-        patient: The patient id, ``P{n:03d}``, unique within the centre.
+        patient: The patient id, unique within the centre: ``P{n:03d}`` for camsweep naming; for
+            polypgen naming the 3-digit name prefix in C1 (``"101"``), the leading number in C4
+            (``"3"``) and ``str(n)`` in C2, C3, C5 and C6 (as in ``polypgen-patients.json``).
     """
 
     image: Path
@@ -100,6 +163,7 @@ def generate(
     seed: int = 0,
     centres: Sequence[int] = (1, 2, 3, 4, 5, 6),
     overwrite: bool = False,
+    naming: str = "polypgen",
 ) -> list[SynthRecord]:
     """Generates a synthetic PolypGen-like dataset under ``out``.
 
@@ -108,11 +172,14 @@ def generate(
         per_centre: Number of frames per centre. Mutually exclusive with ``scale``.
         scale: Fraction of the real PolypGen centre sizes (``POLYPGEN_CENTRE_SIZES``), at least
             one frame per centre; 1.0 when neither ``per_centre`` nor ``scale`` is given.
-        size: Frame size as (width, height), each side at least 32.
+        size: Frame size as (width, height), each side at least 32. With polypgen naming, the
+            main size; a minority of patients is written at 3/4 of it.
         seed: Non-negative seed; the same arguments give byte-identical files.
         centres: Centres to generate, a subset of 1..6.
         overwrite: Replace a synthetic dataset already in ``out`` (recognised by its
-            ``synth.json``). Folders of anything else are never deleted.
+            ``synth.json``), whatever its naming. Folders of anything else are never deleted.
+        naming: ``"camsweep"`` (names ``C{k}_P{nnn}_{frame}``) or ``"polypgen"`` (a tree shaped
+            like the public release, see the module docstring).
 
     Returns:
         One record per frame, ordered by centre, then patient, then frame.
@@ -134,10 +201,12 @@ def generate(
     if not _is_int(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     centres = _check_centres(centres)
+    if not isinstance(naming, str) or naming not in NAMINGS:
+        valid = ", ".join(repr(n) for n in NAMINGS)
+        raise ValueError(f"unknown naming {naming!r}; valid namings: {valid}")
     width, height, seed = int(size[0]), int(size[1]), int(seed)
     per_centre = None if per_centre is None else int(per_centre)
     out = Path(out)
-    _prepare_output(out, overwrite)
 
     counts = {
         k: per_centre
@@ -145,6 +214,13 @@ def generate(
         else max(1, round((1.0 if scale is None else scale) * POLYPGEN_CENTRE_SIZES[k]))
         for k in centres
     }
+    partitions = {k: _patient_sizes(seed, k, counts[k]) for k in centres}
+    if naming == "polypgen" and 1 in centres and len(partitions[1]) > 899:
+        raise ValueError(
+            f"polypgen naming numbers C1 patients 101..999, but C1 would have "
+            f"{len(partitions[1])} patients ({counts[1]} frames); use fewer frames"
+        )
+    _prepare_output(out, overwrite)
     manifest = {
         "generator": "trainables.data.synthetic",
         "format_version": FORMAT_VERSION,
@@ -155,43 +231,74 @@ def generate(
         "scale": scale,
         "centres": list(centres),
         "counts": {str(k): counts[k] for k in centres},
+        "naming": naming,
     }
     # Written first so that an interrupted run is still recognised (and replaced) by
     # overwrite=True; "complete" tells readers whether every file is there.
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, manifest)
     records: list[SynthRecord] = []
-    patients_per_centre: dict[int, int] = {}
+    positives: list[Path] = []  # polypgen naming: frames copied to imagesAll_positive
     for centre in centres:
-        image_dir = out / f"data_C{centre}" / f"images_C{centre}"
-        mask_dir = out / f"data_C{centre}" / f"masks_C{centre}"
-        overlay_dir = out / f"data_C{centre}" / f"overlays_C{centre}"
-        for folder in (image_dir, mask_dir, overlay_dir):
+        centre_dir = out / f"data_C{centre}"
+        image_dir = centre_dir / f"images_C{centre}"
+        mask_dir = centre_dir / f"masks_C{centre}"
+        overlay_dir = centre_dir / f"overlays_C{centre}"
+        folders = [image_dir, mask_dir, overlay_dir]
+        sizes = partitions[centre]
+        plan = None
+        if naming == "polypgen":
+            plan = _polypgen_plan(seed, centre, sizes, (width, height))
+            box_dir = centre_dir / f"bbox_C{centre}"
+            box_image_dir = centre_dir / (
+                "bbox_images_C6" if centre == 6 else f"bbox_image_C{centre}"
+            )
+            folders += [box_dir, box_image_dir]
+        for folder in folders:
             folder.mkdir(parents=True, exist_ok=True)
-        sizes = _patient_sizes(seed, centre, counts[centre])
-        patients_per_centre[centre] = len(sizes)
         index = 0
+        centre_positives = 0
         for patient_no, n_frames in enumerate(sizes, start=1):
             style = _patient_style(seed, centre, patient_no)
-            patient = f"P{patient_no:03d}"
+            if plan is None or patient_no not in plan.second_size_patients:
+                frame_w, frame_h = width, height
+            else:
+                frame_w, frame_h = plan.second_size
             for frame in range(n_frames):
-                rgb, polyp, overlay = _render(seed, centre, index, style, width, height)
-                stem = f"C{centre}_{patient}_{frame:04d}"
+                rgb, polyp, overlay = _render(seed, centre, index, style, frame_w, frame_h)
+                if plan is None:
+                    patient = f"P{patient_no:03d}"
+                    stem = f"C{centre}_{patient}_{frame:04d}"
+                    names = (f"{stem}.jpg", f"{stem}_mask.jpg", f"{stem}_overlay.png")
+                else:
+                    patient, names = _polypgen_names(centre, index, patient_no, counts[centre])
                 record = SynthRecord(
-                    image=image_dir / f"{stem}.jpg",
-                    mask=mask_dir / f"{stem}_mask.jpg",
-                    overlay=overlay_dir / f"{stem}_overlay.png",
+                    image=image_dir / names[0],
+                    mask=mask_dir / names[1],
+                    overlay=overlay_dir / names[2],
                     centre=centre,
                     patient=patient,
                 )
-                _write(record.image, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), _JPEG_QUALITY)
-                _write(record.mask, polyp, _MASK_JPEG_QUALITY)
+                bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+                _write(record.image, bgr, _JPEG_QUALITY)
+                if plan is not None and index in plan.rgb_masks:
+                    _write(record.mask, cv2.merge([polyp, polyp, polyp]), _MASK_JPEG_QUALITY)
+                else:
+                    _write(record.mask, polyp, _MASK_JPEG_QUALITY)
                 _write(record.overlay, overlay)
+                if plan is not None:
+                    stem = record.image.name.removesuffix(".jpg")
+                    _write_box(box_dir / f"{stem}.txt", box_image_dir / f"{stem}.jpg", bgr, polyp)
+                    if centre_positives < 3 and polyp.any():
+                        positives.append(record.image)
+                        centre_positives += 1
                 records.append(record)
                 index += 1
 
+    if naming == "polypgen":
+        _write_polypgen_extras(out, records, positives, seed, (width, height), centres)
     manifest["complete"] = True
-    manifest["patients"] = {str(k): patients_per_centre[k] for k in centres}
+    manifest["patients"] = {str(k): len(partitions[k]) for k in centres}
     manifest["total"] = len(records)
     _write_manifest(out, manifest)
     return records
@@ -229,27 +336,203 @@ def _check_centres(centres: Sequence[int]) -> tuple[int, ...]:
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
     manifest = out / MANIFEST_NAME
-    existing = [out / f"data_C{k}" for k in POLYPGEN_CENTRE_SIZES if (out / f"data_C{k}").exists()]
-    if manifest.exists():
-        existing.append(manifest)
-    if not existing:
-        return
-    # A stale centre folder would silently join the new dataset when the loader indexes `out`.
+    names = [f"data_C{k}" for k in POLYPGEN_CENTRE_SIZES] + list(_POLYPGEN_EXTRAS)
+    existing = [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
     if not manifest.exists():
-        raise FileExistsError(
-            f"{out} already holds {existing[0].name} but no {MANIFEST_NAME}: not a synthetic "
-            "dataset, refusing to write into or delete it"
-        )
+        # A stale centre folder would silently join the new dataset when the loader indexes
+        # `out`, and whatever sits under the generator's names would be deleted by a later
+        # overwrite; only macOS's .DS_Store junk is not worth refusing for.
+        foreign = [p for p in existing if p.name != ".DS_Store"]
+        if foreign:
+            raise FileExistsError(
+                f"{out} already holds {foreign[0].name} but no {MANIFEST_NAME}: not a synthetic "
+                "dataset, refusing to write into or delete it"
+            )
+        return
     if not overwrite:
+        shown = existing[0].name if existing else MANIFEST_NAME
         raise FileExistsError(
-            f"{out} already holds a synthetic dataset ({existing[0].name}); "
-            "pass overwrite=True to replace it"
+            f"{out} already holds a synthetic dataset ({shown}); pass overwrite=True to replace it"
         )
-    for path in existing:
-        if path.is_dir():
+    # Everything either naming writes goes, so that no stale file joins the new dataset.
+    for path in [*existing, manifest]:
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+# --- polypgen naming --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PolypgenPlan:
+    second_size: tuple[int, int]  # (width, height) of the minority of patients below
+    second_size_patients: frozenset[int]  # patient numbers (from 1)
+    rgb_masks: frozenset[int]  # frame indices within the centre with a 3-channel mask
+
+
+def _polypgen_plan(
+    seed: int, centre: int, sizes: list[int], size: tuple[int, int]
+) -> _PolypgenPlan:
+    """Which patients get the second size and which frames a 3-channel mask (seeded draws)."""
+    n_patients, count = len(sizes), sum(sizes)
+    n_second = max(1, round(n_patients / 4)) if n_patients >= 4 else 0
+    draw = _rng(seed, centre, _TAG_NAMING, 0).choice(n_patients, n_second, replace=False)
+    rgb: frozenset[int] = frozenset()
+    if centre in _RGB_MASK_FRACTION:
+        num, den = _RGB_MASK_FRACTION[centre]
+        n_rgb = round(count * num / den)
+        if count >= 2:  # both kinds whenever there is room for both, as in the release
+            n_rgb = min(max(n_rgb, 1), count - 1)
+        order = _rng(seed, centre, _TAG_NAMING, 1).permutation(count)
+        rgb = frozenset(int(i) for i in order[:n_rgb])
+    second = (
+        max(MIN_SIDE, round(size[0] * _SECOND_SIZE_FRACTION)),
+        max(MIN_SIDE, round(size[1] * _SECOND_SIZE_FRACTION)),
+    )
+    return _PolypgenPlan(second, frozenset(int(i) + 1 for i in draw), rgb)
+
+
+def _frame_number(centre: int, index: int, count: int) -> int:
+    """The number in a polypgen frame name; per-frame patient lists are ordered by it."""
+    if centre == 2:
+        return 1000 + index
+    if centre == 3:
+        return max(1, _C3_QUIRK - count // 2) + index
+    if centre == 5:
+        return 50_000_000 + index
+    if centre == 6:
+        return 100_000 + index
+    return index + 1  # C1 and C4: a running count from 1
+
+
+def _polypgen_names(
+    centre: int, index: int, patient_no: int, count: int
+) -> tuple[str, tuple[str, str, str]]:
+    """The patient id and the (image, mask, overlay) file names of one polypgen-named frame."""
+    n = _frame_number(centre, index, count)
+    patient = str(patient_no)
+    if centre == 1:
+        patient = f"{100 + patient_no:03d}"
+        stem = f"{patient}{'OLC1' if patient_no % 2 else 'OLCV1'}_100H{n:04d}"
+    elif centre == 2:
+        stem = f"EndoCV2021_{n:06d}"
+    elif centre == 3:
+        stem = f"C3_EndoCV2021_{n:05d}"
+        if n == _C3_QUIRK:  # the release's image name has a stray underscore, its mask not
+            return patient, (f"{stem}_.jpg", f"{stem}_mask.jpg", f"{stem}_overlay.png")
+    elif centre == 4:
+        stem = f"{patient_no}_endocv2021_positive_{n}"
+    elif centre == 5:
+        stem = f"EndoCV2021_C5_{n:08d}"
+    else:
+        stem = f"EndoCV2021_C6_{n:07d}"
+    return patient, (f"{stem}.jpg", f"{stem}_mask.jpg", f"{stem}_overlay.png")
+
+
+def _write_box(text_path: Path, image_path: Path, bgr: np.ndarray, polyp: np.ndarray) -> None:
+    """The release's bounding-box files: ``polyp x1 y1 x2 y2`` and the frame with the box."""
+    ys, xs = np.nonzero(polyp)
+    if xs.size == 0:
+        text_path.write_text("")
+        _write(image_path, bgr, _JPEG_QUALITY)
+        return
+    x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    text_path.write_text(f"polyp {x1} {y1} {x2} {y2}\n")
+    boxed = bgr.copy()
+    cv2.rectangle(boxed, (x1, y1), (x2, y2), (0, 255, 0), max(1, round(min(bgr.shape[:2]) / 150)))
+    _write(image_path, boxed, _JPEG_QUALITY)
+
+
+def _write_polypgen_extras(
+    out: Path,
+    records: list[SynthRecord],
+    positives: list[Path],
+    seed: int,
+    size: tuple[int, int],
+    centres: tuple[int, ...],
+) -> None:
+    """Everything of the release besides the single frames: content loaders must ignore."""
+    lists = {
+        f"C{k}": [r.patient for r in records if r.centre == k]
+        for k in centres
+        if k in _LIST_CENTRES
+    }
+    about = (
+        "Synthetic patient lists written by camsweep's generator, in the format of the shipped "
+        "authors' lists: one patient id per frame, in the order of the frame numbers."
+    )
+    text = json.dumps({"about": about, "centres": lists}, indent=1)
+    (out / PATIENT_LISTS_NAME).write_text(text + "\n")
+
+    # Sequences: two positive frames with masks and boxes, two negative frames without masks.
+    width, height = size
+    style = _patient_style(seed, centres[0], 0)  # patient numbers start at 1: unused elsewhere
+    seq = out / "sequenceData" / "positive" / "seq1"
+    folders = {kind: seq / f"{kind}_seq1" for kind in ("images", "masks", "bbox", "bbox_image")}
+    negative = out / "sequenceData" / "negativeOnly" / "seq1_neg"
+    for folder in [*folders.values(), negative]:
+        folder.mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        rgb, polyp, _ = _render(seed, centres[0], i, style, width, height, tag=_TAG_SEQUENCE)
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        name = f"seq1_{i + 1:04d}"
+        _write(folders["images"] / f"{name}.jpg", bgr, _JPEG_QUALITY)
+        _write(folders["masks"] / f"{name}_mask.jpg", polyp, _MASK_JPEG_QUALITY)
+        _write_box(
+            folders["bbox"] / f"{name}.txt", folders["bbox_image"] / f"{name}.jpg", bgr, polyp
+        )
+        rgb, _, _ = _render(
+            seed, centres[0], i, style, width, height, tag=_TAG_NEGATIVE, polyps=False
+        )
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        _write(negative / f"seq1_neg_{i + 1:04d}.jpg", bgr, _JPEG_QUALITY)
+
+    flat = out / "imagesAll_positive"
+    flat.mkdir(exist_ok=True)
+    for image in positives:
+        shutil.copyfile(image, flat / image.name)
+
+    details = out / "dataDetails_PolypGen_SingleFrames"
+    details.mkdir(exist_ok=True)
+    for k in centres:
+        if k == 6:  # the release ships no details for C6
+            continue
+        rows = [f"{r.image.name},C{k},{r.patient}" for r in records if r.centre == k]
+        (details / f"dataDetails_C{k}.csv").write_text(
+            "\n".join(["imageName,centre,patient", *rows]) + "\n"
+        )
+
+    readme = (
+        "# Synthetic PolypGen-like data\n\n"
+        "Written by camsweep's generator (trainables.data.synthetic) in the layout of the public "
+        "release PolypGen2021_MultiCenterData_v3. No frame shows a real patient.\n"
+    )
+    (out / "readme.md").write_text(readme)
+    (out / "readme.html").write_text(
+        "<html><body><h1>Synthetic PolypGen-like data</h1><p>Written by camsweep's generator in "
+        "the layout of PolypGen2021_MultiCenterData_v3. No frame shows a real patient.</p>"
+        "</body></html>\n"
+    )
+    (out / "license.txt").write_text(
+        "Synthetic data generated by camsweep; it contains no images of the PolypGen release.\n"
+    )
+
+    for folder in (
+        out,
+        out / "data_C1",
+        out / "data_C1" / "images_C1",
+        out / "data_C2" / "masks_C2",
+    ):
+        if folder.is_dir():
+            (folder / ".DS_Store").write_bytes(_DS_STORE)
+
+    lines = []
+    for folder in sorted(p for p in out.rglob("*") if p.is_dir()):
+        n_files = sum(1 for p in folder.iterdir() if p.is_file())
+        lines.append(f"{folder.relative_to(out).as_posix()}/  files: {n_files}")
+    (out / "fileStructure_all.txt").write_text("\n".join(lines) + "\n")
 
 
 def _write(path: Path, image: np.ndarray, jpeg_quality: int | None = None) -> None:
@@ -294,12 +577,23 @@ def _patient_style(seed: int, centre: int, patient: int) -> _PatientStyle:
 
 
 def _render(
-    seed: int, centre: int, index: int, style: _PatientStyle, width: int, height: int
+    seed: int,
+    centre: int,
+    index: int,
+    style: _PatientStyle,
+    width: int,
+    height: int,
+    *,
+    tag: int = _TAG_FRAME,
+    polyps: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renders one frame: RGB uint8 image, polyp mask and overlay mask (both uint8 0/255)."""
-    rng = _rng(seed, centre, _TAG_FRAME, index)
+    rng = _rng(seed, centre, tag, index)
     image = _mucosa(rng, style, width, height)
-    polyp, polyp_centres = _draw_polyps(rng, image, style)
+    if polyps:
+        polyp, polyp_centres = _draw_polyps(rng, image, style)
+    else:
+        polyp, polyp_centres = np.zeros((height, width), np.uint8), []
     rgb = np.clip(image, 0, 255).astype(np.uint8)
     _draw_speculars(rng, rgb, polyp_centres)
     overlay = _OVERLAYS[centre](rng, rgb)
