@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/camsweep synth --out demo-data --scale 0.05 --size 320x256 --seed 0 --overwrite
+	$(BIN)/camsweep synth --out demo-data --scale 0.1 --size 320x256 --seed 0 --overwrite
 	$(BIN)/camsweep data check demo-data
 	$(BIN)/camsweep run sweeps/demo.yaml
 

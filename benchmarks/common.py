@@ -15,6 +15,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+# The tree `make demo` writes (Makefile) and sweeps/demo.yaml reads at data.root.
+DEMO_TREE = {"scale": 0.1, "size": (320, 256), "seed": 0}
+
+
+def demo_tree(root: Path) -> Path:
+    """Writes the demo's synthetic PolypGen tree at ``root`` unless one is there."""
+    from trainables.data.synthetic import MANIFEST_NAME, generate
+
+    if not (root / MANIFEST_NAME).exists():
+        generate(root, **DEMO_TREE)
+    return root
+
+
 def machine() -> str:
     import torch
 

@@ -85,8 +85,8 @@ def _cmd_data_manifest(args: argparse.Namespace) -> int:
     if manifest.unknown_patients:
         centres = ", ".join(f"C{c}" for c in manifest.unknown_patients)
         print(
-            f"{centres}: each frame is written as its own patient — edit the patient column, "
-            f"then use it with data.manifest: {out}"
+            f"{centres}: patient column left empty — fill it in (the file does not load until "
+            f"then), and use it with data.manifest: {out}"
         )
     return 0
 

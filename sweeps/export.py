@@ -24,7 +24,14 @@ from sweeps.importance import param_importance, render_importance_csv
 from sweeps.results import LeftOut, collect_run
 from sweeps.selection import Selection, best_configs, group_settings, ordered_archs, swept_names
 from sweeps.spec import FOLDS_FILE
-from sweeps.tables import arch_label, render_csv, render_latex, render_markdown, table_rows
+from sweeps.tables import (
+    arch_label,
+    render_csv,
+    render_latex,
+    render_markdown,
+    split_note,
+    table_rows,
+)
 
 
 @dataclass
@@ -104,6 +111,9 @@ def export_run(
         (out_dir / name).write_text(text)
         written.append(out_dir / name)
 
+    folds_file = run.run_dir / FOLDS_FILE
+    prep = json.loads(folds_file.read_text()) if folds_file.exists() else {}
+    data_note = split_note(spec, prep.get("frame_level_split", []))
     configs = best_configs(settings, selection, spec)
     write("best_configs.yaml", yaml.safe_dump(configs, sort_keys=False, allow_unicode=True))
     notes += [f"{k}: {v}" for k, v in configs["notes"].items() if v.startswith("not written")]
@@ -115,23 +125,24 @@ def export_run(
         n_boot=n_boot,
         left_out=run.left_out,
         missing=run.missing,
+        data_note=data_note,
     )
     write("table.md", md)
     write("table.csv", render_csv(rows, selection))
-    write("table.tex", render_latex(rows, selection, title=title, archs=archs, n_boot=n_boot))
+    tex = render_latex(
+        rows, selection, title=title, archs=archs, n_boot=n_boot, data_note=data_note
+    )
+    write("table.tex", tex)
     plot_dice_vs_p(settings, rows, selection, out_dir / "dice_vs_p.png", title=title, archs=archs)
     written.append(out_dir / "dice_vs_p.png")
     cost = compute_cost(spec, run.records)
     write("cost.csv", render_cost_csv(cost))
-    folds_file = run.run_dir / FOLDS_FILE
     cost_text = format_cost(cost, spec)
-    if folds_file.exists():
-        prep = json.loads(folds_file.read_text())
-        if prep.get("trained"):
-            cost_text += (
-                f"\n  fold preparation (classifier + CAMs for C{prep['trained']}) took "
-                f"{prep.get('seconds', 0):g} s wall-clock, not included above"
-            )
+    if prep.get("trained"):
+        cost_text += (
+            f"\n  fold preparation (classifier + CAMs for C{prep['trained']}) took "
+            f"{prep.get('seconds', 0):g} s wall-clock, not included above"
+        )
     if spec.search.algorithm == "optuna":
         importance_rows, importance_notes = param_importance(spec, run.trials, selection)
         write("importance.csv", render_importance_csv(importance_rows))

@@ -27,7 +27,7 @@ from search_spaces.build import build_search
 from sweeps.spec import FOLDS_FILE, SPEC_FILE, RayConfig, SpecError, SweepSpec, load_spec
 from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
 from trainables.data.cache import DecodedData
-from trainables.data.source import fold_split, prepare_data
+from trainables.data.source import fold_split, frame_level_centres, prepare_data
 from trainables.engine import Runtime
 from trainables.segmentation import train_segmentation
 from trainables.trial import prepare_trial_fold
@@ -269,9 +269,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
     remote = root if "://" in root else None
     run_dir = local_mirror(name) if remote else Path(root) / name
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
-    _, data = prepare_data(spec.data, spec.held_out_centres())
+    manifest, data = prepare_data(spec.data, spec.held_out_centres())
     run_dir.mkdir(parents=True, exist_ok=True)
     data_ref, folds, summary = _start(spec, data, address, run_dir)
+    summary["frame_level_split"] = frame_level_centres(manifest, spec.held_out_centres())
     _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)
     print(
         f"sweep {spec.name}: {f'{remote}/{name} (local files: {run_dir})' if remote else run_dir}"

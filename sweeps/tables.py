@@ -183,7 +183,24 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[Cell]]) -> list[str
     return lines
 
 
-def _notes(rows: Sequence[TableRow], selection: Selection, n_boot: int) -> list[str]:
+def split_note(spec, frame_level: Sequence[int]) -> str:
+    """How the training centres were split, and whether some were split frame by frame."""
+    scheme = {"per_centre": "80/10/10 within each training centre", "pooled": "pooled patients of "
+              "the training centres, 80 % train, the rest halved"}[spec.data.split]  # fmt: skip
+    note = f"Split by patient (data.split {spec.data.split}: {scheme}; seed {spec.data.split_seed})"
+    if not frame_level:
+        return note + "."
+    centres = ", ".join(f"C{c}" for c in frame_level)
+    return (
+        f"{note}, except {centres}: their patients are unknown and "
+        "data.allow_frame_level_split accepted splitting them frame by frame, so validation and "
+        "ID scores may be optimistic."
+    )
+
+
+def _notes(
+    rows: Sequence[TableRow], selection: Selection, n_boot: int, data_note: str = ""
+) -> list[str]:
     seeds = sorted({s.n_seeds for r in rows for s in (r.baseline, r.augmented) if s})
     two_level = any(r.ci and r.ci.two_level for r in rows)
     notes = [
@@ -202,7 +219,7 @@ def _notes(rows: Sequence[TableRow], selection: Selection, n_boot: int) -> list[
         ),
     ]
     notes += [f"{arch_label(r.arch)} C{r.held_out}: {r.ci_note}." for r in rows if r.ci_note]
-    return notes
+    return notes + ([data_note] if data_note else [])
 
 
 def render_markdown(
@@ -214,10 +231,11 @@ def render_markdown(
     n_boot: int,
     left_out: Sequence[LeftOut] = (),
     missing: Sequence[str] = (),
+    data_note: str = "",
 ) -> str:
     tag = f" — {ORACLE_LABEL}" if selection.oracle else ""
     lines = [f"# {title}: baseline vs CAM-guided augmentation{tag}", ""]
-    lines += [f"- {n}" for n in _notes(rows, selection, n_boot)]
+    lines += [f"- {n}" for n in _notes(rows, selection, n_boot, data_note)]
     header, body = table1_cells(rows, archs)
     lines += ["", f"## Out-of-distribution Dice (paper Table 1 layout){tag}", ""]
     lines += _md_table(header, body)
@@ -239,8 +257,9 @@ def render_latex(
     title: str,
     archs: Sequence[str],
     n_boot: int,
+    data_note: str = "",
 ) -> str:
-    notes = " ".join(_notes(rows, selection, n_boot))
+    notes = " ".join(_notes(rows, selection, n_boot, data_note))
     tag = f" ({ORACLE_LABEL})" if selection.oracle else ""
     header, body = table1_cells(rows, archs)
     lines = [

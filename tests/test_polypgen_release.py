@@ -124,6 +124,11 @@ def test_a_list_whose_length_differs_from_the_centre_is_refused_not_guessed(rele
     report = check_dataset(root)
     assert report.ok  # the files are fine; the patients are what is missing
     assert "warning: patients unknown for C2" in report.format()
+    # A manifest written from it leaves C2's patients for the user to fill in: until then it
+    # does not load, so it cannot smuggle in a frame-level split.
+    manifest.to_csv(tmp_path / "m.csv")
+    _, problems = read_manifest_csv(tmp_path / "m.csv")
+    assert len(problems) == 11 and all("empty patient" in p for p in problems)
 
 
 def _write_named(root: Path, centre: int, stems: list[str]) -> None:
@@ -310,3 +315,47 @@ def test_both_schemes_keep_patients_whole_and_differ():
     assert not np.array_equal(a.train, b.train)
     with pytest.raises(ValueError, match="unknown split scheme 'mixed'"):
         leave_one_centre_out(centres, patients, 3, scheme="mixed")
+
+
+def test_tables_say_how_the_data_was_split():
+    from sweeps.spec import SweepSpec
+    from sweeps.tables import split_note
+
+    spec = SweepSpec(name="s", data={"split": "pooled", "split_seed": 1})
+    assert split_note(spec, []).startswith("Split by patient (data.split pooled: pooled patients")
+    note = split_note(spec, [2, 5])
+    assert "except C2, C5" in note and "data.allow_frame_level_split" in note
+    assert "optimistic" in note
+
+
+# --- the demo sweep on a tree in the release's naming -------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_smoke_sweep_on_a_polypgen_named_tree_keeps_patients_whole(
+    release, tmp_path, local_ray, capsys
+):
+    parent, records = release
+    demo = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "demo.yaml").read_text())
+    demo["data"]["root"] = str(parent)  # the folder holding PolypGen2021_MultiCenterData_v3
+    demo["data"]["cache_dir"] = str(tmp_path / "cache")
+    demo["storage"]["path"] = str(tmp_path / "results")
+    demo["tracking"] = {"wandb": {"mode": "disabled"}}
+    spec = tmp_path / "demo.yaml"
+    spec.write_text(yaml.safe_dump(demo))
+    assert main(["run", str(spec), "--smoke"]) == 0
+    [table] = (tmp_path / "results").glob("demo-smoke-*/export/table.md")
+    assert "Split by patient (data.split per_centre" in table.read_text()
+    splits = sorted((tmp_path / "results").glob("demo-smoke-*/*/split.csv"))
+    assert len(splits) == 8  # 2 architectures × 2 held-out centres × 2 values of p
+    patient_of = {r.image.name: (r.centre, r.patient) for r in records}
+    for path in splits:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == len(records)
+        where: dict[tuple[int, str], set[str]] = {}
+        for row in rows:
+            assert patient_of[row["image"]] == (int(row["centre"]), row["patient"])
+            where.setdefault(patient_of[row["image"]], set()).add(row["split"])
+        assert all(len(s) == 1 for s in where.values()), path  # no patient in two splits
+        assert {"train", "val", "test_in", "test_out"} <= {row["split"] for row in rows}

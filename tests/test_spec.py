@@ -18,21 +18,44 @@ def test_shipped_sweeps_exist():
     assert {p.name for p in SWEEPS} >= {"demo.yaml", "paper-table1.yaml", "tpe.yaml"}
 
 
+@pytest.fixture(scope="module")
+def polypgen_tree(tmp_path_factory) -> Path:
+    """A small tree in the real release's naming, standing in for a spec's data.root."""
+    from trainables.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("PolypGen2021_MultiCenterData_v3")
+    generate(root, scale=0.05, size=(64, 48), seed=0, naming="polypgen")
+    return root
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
-def test_every_shipped_sweep_validates(path):
+def test_every_shipped_sweep_validates(path, polypgen_tree, tmp_path):
     spec = load_spec(path, environment=False)
     assert spec.name == path.stem
-    # and its smoke version validates on this machine (synthetic data, CPU only)
+    # and its smoke version validates on this machine (CPU only), on PolypGen-named data
     raw = smoke(yaml.safe_load(path.read_text()))
-    if raw["data"].get("source") == "synthetic":
-        load_spec(path, raw=raw, local_gpus=0)
+    if raw["data"].get("source") == "polypgen":
+        raw["data"]["root"] = str(polypgen_tree)
+    raw["storage"]["path"] = str(tmp_path)
+    load_spec(path, raw=raw, local_gpus=0)
 
 
-def test_demo_spec_validates_fully_on_a_cpu_machine(tmp_path):
+def test_demo_spec_validates_fully_on_a_cpu_machine(polypgen_tree, tmp_path):
     raw = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
+    assert (raw["data"]["source"], raw["data"]["root"]) == ("polypgen", "demo-data")
+    raw["data"]["root"] = str(polypgen_tree)
     raw["storage"]["path"] = str(tmp_path)
     spec = load_spec("demo.yaml", raw=raw, local_gpus=0)
     assert {a.name for a in spec.axes} == {"arch", "held_out_centre", "p"}
+
+
+def test_make_demo_writes_the_tree_the_demo_spec_reads():
+    makefile = (ROOT / "Makefile").read_text()
+    demo = yaml.safe_load((ROOT / "sweeps" / "demo.yaml").read_text())
+    root = demo["data"]["root"]
+    synth, check, run = (line.strip() for line in makefile.split("\ndemo:")[1].splitlines()[1:4])
+    assert f"synth --out {root} " in synth and check.endswith(f"data check {root}")
+    assert run.endswith("run sweeps/demo.yaml")
 
 
 def test_paper_grid_matches_table1():

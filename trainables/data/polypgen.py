@@ -71,12 +71,16 @@ class Manifest:
         return bool(self.records) and all(r.overlay is not None for r in self.records)
 
     def to_csv(self, path: Path) -> None:
-        """Writes the manifest as CSV (absolute paths) — the format `manifest:` accepts."""
+        """Writes the manifest as CSV (absolute paths) — the format `manifest:` accepts. The
+        patient column of a centre whose patients are unknown is left empty: the file does not
+        load until someone fills it in, so it cannot smuggle in a frame-level split."""
+        unknown = self.unknown_patients
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow([*MANIFEST_COLUMNS, "overlay"])
             for r in self.records:
-                writer.writerow([r.image, r.mask, r.centre, r.patient, r.overlay or ""])
+                patient = "" if r.centre in unknown else r.patient
+                writer.writerow([r.image, r.mask, r.centre, patient, r.overlay or ""])
 
 
 class DatasetError(ValueError):

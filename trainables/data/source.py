@@ -60,13 +60,18 @@ def scan_data(cfg: DataConfig) -> tuple[Manifest, list[str]]:
     return scan_polypgen(data_root(cfg), manifest=cfg.manifest, patient_pattern=cfg.patient_pattern)
 
 
-def patient_problems(manifest: Manifest, cfg: DataConfig, held_out: Iterable[int]) -> list[str]:
-    """Refuses a frame-level split nobody asked for: training centres (of any of these folds)
-    whose patients are unknown, unless ``allow_frame_level_split`` accepts it."""
+def frame_level_centres(manifest: Manifest, held_out: Iterable[int]) -> list[int]:
+    """Training centres (of any of these folds) whose patients are unknown: their frames would
+    be split one by one. The held-out centre is only tested on, so its patients do not matter."""
     held_out = set(held_out)
+    return [c for c in manifest.unknown_patients if held_out - {c}]
+
+
+def patient_problems(manifest: Manifest, cfg: DataConfig, held_out: Iterable[int]) -> list[str]:
+    """Refuses a frame-level split nobody asked for (see :func:`frame_level_centres`), unless
+    ``allow_frame_level_split`` accepts it."""
     unknown = manifest.unknown_patients
-    # The held-out centre is only tested on, so its patients matter only as a training centre.
-    training = {c: why for c, why in unknown.items() if held_out - {c}}
+    training = {c: unknown[c] for c in frame_level_centres(manifest, held_out)}
     if not training or cfg.allow_frame_level_split:
         return []
     names = ", ".join(f"C{c}" for c in training)
