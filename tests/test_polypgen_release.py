@@ -359,3 +359,20 @@ def test_demo_smoke_sweep_on_a_polypgen_named_tree_keeps_patients_whole(
             where.setdefault(patient_of[row["image"]], set()).add(row["split"])
         assert all(len(s) == 1 for s in where.values()), path  # no patient in two splits
         assert {"train", "val", "test_in", "test_out"} <= {row["split"] for row in rows}
+
+
+def test_a_fold_artefact_is_keyed_by_its_split_not_only_its_seed(synth_decoded):
+    from trainables.classifier import fold_key
+    from trainables.config import ClassifierConfig
+
+    data = synth_decoded
+    keys = {
+        scheme: fold_key(
+            data,
+            leave_one_centre_out(data.centres, data.patients, 3, seed=0, scheme=scheme),
+            ClassifierConfig(),
+            "predicted",
+        )
+        for scheme in ("per_centre", "pooled")
+    }
+    assert keys["per_centre"] != keys["pooled"]  # a cached classifier is never reused across

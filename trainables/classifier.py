@@ -76,6 +76,8 @@ def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam_tar
         "image_size": data.image_size,
         "held_out": split.held_out,
         "split_seed": split.seed,
+        # The frames themselves: two split schemes with one seed train different classifiers.
+        "train": hashlib.sha256(np.ascontiguousarray(split.train, np.int64).data).hexdigest(),
         "classifier": cfg.model_dump(mode="json"),
         "cam_target": cam_target,
     }
