@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Keep smp/timm from retrying a model hub that is unreachable on offline machines.
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast bench lint format clean
+.PHONY: demo test test-fast bench bench-report lint format clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +20,19 @@ demo: $(STAMP)
 	$(BIN)/camsweep run sweeps/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# All registered benchmarks, or some: `make bench BENCH="cam_quality step_overhead"`. Figures go to
+# stdout and benchmarks/results.jsonl (CAMSWEEP_BENCH_RESULTS overrides); bench-report writes
+# the README's tables from that file.
 bench: $(STAMP)
-	@for b in benchmarks/*.py; do echo "# $$b" >&2; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m benchmarks.run $(BENCH)
+
+bench-report: $(STAMP)
+	$(BIN)/python -m benchmarks.report
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,7 @@
 """CAM quality: train the centre classifier on a synthetic fold and score its binarised GradCAM
 against the overlay ground truth (precision and IoU per centre). Goal: precision ≥ 0.8, IoU ≥ 0.5.
 
-    python benchmarks/cam_quality.py [--image-size 128] [--per-centre 40] [--epochs 8]
+    python -m benchmarks.cam_quality [--image-size 128] [--per-centre 40] [--epochs 8]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import emit
 
+from benchmarks.common import emit
 from trainables.cam_report import cam_report, format_scores
 from trainables.classifier import prepare_fold
 from trainables.config import load_trial_config

@@ -1,19 +1,23 @@
-"""Shared output format of the benchmarks: one JSON line per figure on stdout."""
+"""Shared output format of the benchmarks: one JSON line per figure on stdout, each also appended
+to the results file (``CAMSWEEP_BENCH_RESULTS``, default ``benchmarks/results.jsonl``, tracked)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
-# Benchmarks run as scripts (`python benchmarks/x.py`): make the repository importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_ENV = "CAMSWEEP_BENCH_RESULTS"
+RUN_ID_ENV = "CAMSWEEP_BENCH_RUN_ID"  # set by benchmarks.run: one id for all its benchmarks
+# Tracked: the project's measured history, from which the README's tables are generated.
+DEFAULT_RESULTS = REPO / "benchmarks" / "results.jsonl"
 
 # The tree `make demo` writes (Makefile) and sweeps/demo.yaml reads at data.root.
 DEMO_TREE = {"scale": 0.1, "size": (320, 256), "seed": 0}
@@ -29,6 +33,7 @@ def demo_tree(root: Path) -> Path:
 
 
 def machine() -> str:
+    """The machine a figure was measured on: architecture, cores, torch threads, device, torch."""
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
@@ -38,8 +43,31 @@ def machine() -> str:
     )
 
 
+def results_path() -> Path:
+    """Where ``emit`` appends its rows: ``$CAMSWEEP_BENCH_RESULTS`` or the default."""
+    return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
+
+
+def new_run_id() -> str:
+    """A run id for a run that was given none: the UTC time it started."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+@functools.cache
+def run_id() -> str:
+    """This process's run id: the runner's, else one fixed at the first figure it emits."""
+    return os.environ.get(RUN_ID_ENV) or new_run_id()
+
+
+def benchmark_module() -> str:
+    """The module running as ``__main__`` (``benchmarks.data_path`` under ``python -m``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
+
+
 def emit(name: str, value: float, unit: str, *, baseline: float | None = None, **extra) -> None:
-    """Prints one figure; `ratio` is value / baseline when a baseline was measured in this run."""
+    """Prints one figure; `ratio` is value / baseline when a baseline was measured in this run.
+    The results file gets the same row plus the benchmark module, the run id and the UTC time."""
     row = {"name": name, "value": round(value, 6), "unit": unit}
     if baseline is not None:
         row["baseline"] = round(baseline, 6)
@@ -47,6 +75,22 @@ def emit(name: str, value: float, unit: str, *, baseline: float | None = None, *
     row.update(extra)
     row["machine"] = machine()
     print(json.dumps(row), flush=True)
+    record(row)
+
+
+def record(row: dict) -> None:
+    """Appends ``row`` with its provenance to the results file, one JSON line."""
+    stamped = {
+        **row,
+        "benchmark": benchmark_module(),
+        "run_id": run_id(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One write per line in append mode: rows of concurrent benchmarks do not interleave.
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(stamped) + "\n")
 
 
 def rate(fn: Callable[[], int], *, min_seconds: float = 2.0) -> float:

@@ -10,7 +10,7 @@ uploaded once, batches gathered and augmented with tensor ops — on the CPU, an
 available. Its ratio is against the reference; `ratio_vs_cached_augment` compares it with the
 per-item albumentations path.
 
-    python benchmarks/data_path.py [--frames 6] [--size 1920x1080] [--image-size 256] \
+    python -m benchmarks.data_path [--frames 6] [--size 1920x1080] [--image-size 256] \
         [--batch-size 4]
 """
 
@@ -25,8 +25,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from common import emit, rate
 
+from benchmarks.common import emit, rate
 from trainables.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,

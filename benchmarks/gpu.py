@@ -26,7 +26,7 @@ figures are not GPU figures. It also measures what of a trial's GPU memory needs
 measure (``memory_per_trial_floor``, the sweep's own models and image size), which bounds how
 many trials fit.
 
-    python benchmarks/gpu.py [--seconds 10] [--spec sweeps/my-sweep.yaml] [--frames 1537]
+    python -m benchmarks.gpu [--seconds 10] [--spec sweeps/my-sweep.yaml] [--frames 1537]
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import emit
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import emit
 from search_spaces.grouping import expand_groups
 from sweeps.spec import SpecError, load_spec
 from trainables.config import load_trial_config
@@ -207,9 +207,12 @@ def packed(n: int, args, net: Net, batch: int, held_gib: float) -> tuple[float, 
     # Each trial gets its share of the cores, as the sweep's trials do (resources.cpu): n
     # processes each spinning on every core would measure oversubscription, not packing.
     threads = max(1, (os.cpu_count() or 1) // n)
-    cmd = [sys.executable, __file__, "--worker", *net.argv(), "--batch", str(batch),
-           "--seconds", str(args.seconds), "--image-size", str(args.image_size),
-           "--cache-dir", args.cache_dir, "--threads", str(threads)]  # fmt: skip
+    # As a module, like the parent: the workers inherit its working directory and environment,
+    # so `benchmarks` imports there as it did here.
+    cmd = [sys.executable, "-m", "benchmarks.gpu", "--worker", *net.argv(),
+           "--batch", str(batch), "--seconds", str(args.seconds),
+           "--image-size", str(args.image_size), "--cache-dir", args.cache_dir,
+           "--threads", str(threads)]  # fmt: skip
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
     outputs = [p.communicate()[0] for p in procs]
     for k, p in enumerate(procs):

@@ -5,7 +5,7 @@ Same data, model and batches in one run; each variant trains the same number of 
 The overhead is the median, over interleaved repeats, of each variant's time over the no-masking
 time of the same repeat. Target: cached masking adds ≤ 3 % per step.
 
-    python benchmarks/step_overhead.py [--variant tiny] [--image-size 64] [--steps 24] [--repeats 7]
+    python -m benchmarks.step_overhead [--variant tiny] [--image-size 64] [--steps 24] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 import torch
-from common import emit
 from torch.utils.data import DataLoader
 
+from benchmarks.common import emit
 from trainables.classifier import prepare_fold
 from trainables.config import load_trial_config
 from trainables.data.augment import build_train_transform

@@ -3,7 +3,7 @@ spent outside trials' training steps (Ray start-up, data and fold preparation, s
 validation, checkpointing, testing), and fold reuse: classifier trainings and CAM passes per
 sweep (one per fold) against the trials that use them.
 
-    python benchmarks/sweep_overhead.py [--spec sweeps/demo.yaml]
+    python -m benchmarks.sweep_overhead [--spec sweeps/demo.yaml]
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import demo_tree, emit
-
+from benchmarks.common import demo_tree, emit
 from sweeps.launch import run_sweep
 from sweeps.spec import load_spec, read_spec_yaml
 from sweeps.status import read_run

@@ -11,11 +11,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, Searcher
 
 from search_spaces.axes import Axis
+from search_spaces.config import SchedulerConfig, SearchConfig
 from search_spaces.grouped import GroupedScheduler, GroupedSearcher
 from search_spaces.grouping import expand_groups
-
-SEARCH_ALGORITHMS = ("grid", "random", "optuna")
-SCHEDULERS = ("fifo", "asha")
 
 
 @dataclass
@@ -63,28 +61,22 @@ def _optuna_searcher(
 
 def build_search(
     axes: Sequence[Axis],
+    search: SearchConfig,
+    scheduler: SchedulerConfig,
     *,
-    algorithm: str,
-    num_samples: int,
-    seed: int,
-    metric: str,
+    max_t: int,
     mode: str = "max",
-    scheduler: str = "fifo",
-    grace_period: int = 1,
-    reduction_factor: float = 3.0,
-    max_t: int = 1,
-    optuna_storage: str | None = None,
     study_name: str = "camsweep",
 ) -> SearchSetup:
     """Builds the search algorithm and scheduler of a sweep.
 
-    ``num_samples`` is per group; grid and random search use Tune's variant generator (grid axes
-    expanded, sampled axes drawn with ``seed``); optuna runs one TPE study per group.
+    ``search.num_samples`` is per group; grid and random search use Tune's variant generator
+    (grid axes expanded, sampled axes drawn with ``search.seed``); optuna runs one TPE study per
+    group. ``max_t``: the trials' epochs (ASHA's last rung).
     """
-    if algorithm not in SEARCH_ALGORITHMS:
-        raise ValueError(f"unknown search algorithm {algorithm!r}; valid: {SEARCH_ALGORITHMS}")
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}; valid: {SCHEDULERS}")
+    algorithm, num_samples, seed, metric = (
+        search.algorithm, search.num_samples, search.seed, search.metric
+    )  # fmt: skip
     groups = expand_groups(axes)
     grid_axes = [a.name for a in axes if a.is_grid]
     if algorithm == "optuna":
@@ -94,7 +86,7 @@ def build_search(
             seed=seed,
             metric=metric,
             mode=mode,
-            storage=optuna_storage,
+            storage=search.storage,
             study=study_name,
         )
         search_alg = GroupedSearcher(
@@ -106,14 +98,14 @@ def build_search(
         search_alg = BasicVariantGenerator(random_state=seed)
         param_space = {a.name: tune_domain(a) for a in axes}
         total = num_samples  # Tune repeats the whole grid num_samples times
-    if scheduler == "asha":
+    if scheduler.name == "asha":
         sched: TrialScheduler = GroupedScheduler(
             grid_axes,
             lambda: ASHAScheduler(
                 time_attr="epoch",
                 max_t=max_t,
-                grace_period=min(grace_period, max_t),
-                reduction_factor=reduction_factor,
+                grace_period=min(scheduler.grace_period, max_t),
+                reduction_factor=scheduler.reduction_factor,
             ),
         )
     else:

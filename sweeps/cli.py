@@ -13,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from search_spaces.axes import AXES
 from sweeps.spec import SPEC_FILE
+from sweeps.stats import N_BOOT
 from trainables.data.polypgen import DatasetError
 
 # Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
@@ -27,19 +29,14 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     PermissionError,
 )
 
-# `camsweep train` flags that are shortcuts for a config key.
+# `camsweep train` flags, shortcuts for a config key: the sweep axes that make sense for one
+# trial (named as in a spec's `space`), and two settings every trial of a sweep shares. Their
+# help is the key's description in the config.
 TRAIN_FLAGS = {
-    "arch": "model.arch",
-    "variant": "model.variant",
-    "held_out": "held_out_centre",
-    "p": "masking.p",
-    "threshold": "masking.threshold",
-    "mask_mode": "masking.mode",
-    "cam_mode": "masking.cam_mode",
-    "epochs": "train.epochs",
-    "image_size": "data.image_size",
-    "seed": "seed",
-}
+    name: AXES[name]
+    for name in ("arch", "held_out_centre", "p", "threshold", "mask_mode", "cam_mode", "epochs")
+} | {"seed": AXES["seed"], "variant": "model.variant", "image_size": "data.image_size"}
+CAMS_FLAGS = ("held_out_centre", "threshold", "image_size")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -183,11 +180,13 @@ def _load(args: argparse.Namespace, path: str):
         raw = smoke(raw)
     if getattr(args, "storage", None):
         raw.setdefault("storage", {})["path"] = args.storage
+    environment = not getattr(args, "file_only", False)
     return load_spec(
         path,
-        local_gpus=_local_gpus(getattr(args, "address", None)),
+        # Only a check of this machine asks torch for its GPUs (--file-only stays torch-free).
+        local_gpus=_local_gpus(getattr(args, "address", None)) if environment else None,
         raw=raw,
-        environment=not getattr(args, "file_only", False),
+        environment=environment,
     )
 
 
@@ -209,7 +208,8 @@ def _print_status(run_dir: Path) -> None:
     from sweeps.spec import load_spec
     from sweeps.status import format_status, read_run
 
-    spec = load_spec(run_dir / SPEC_FILE)
+    # The run's own record: its data and storage need not be reachable from here.
+    spec = load_spec(run_dir / SPEC_FILE, environment=False)
     print(format_status(read_run(run_dir), [a.name for a in spec.axes if not a.form == "constant"]))
 
 
@@ -217,11 +217,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.launch import run_sweep
 
     spec = _load(args, args.spec)
-    run_dir = run_sweep(spec, address=args.address)
+    run_dir = run_sweep(spec, address=args.address, verbose=args.verbose)
     _print_status(run_dir)
     print(f"run folder: {run_dir}")
     if not args.no_export:
-        out = export(run_dir, n_boot=2000)
+        out = export(run_dir)
         table = (out / "table.md").read_text().split("\n## ")
         print("\n## " + table[1] if len(table) > 1 else table[0])
     return 0
@@ -230,7 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.launch import resume_sweep
 
-    run_dir = resume_sweep(Path(args.run_dir), address=args.address)
+    run_dir = resume_sweep(Path(args.run_dir), address=args.address, verbose=args.verbose)
     _print_status(run_dir)
     return 0
 
@@ -295,7 +295,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def format_final_metrics(metrics: dict[str, float]) -> str:
-    from trainables.metrics import METRIC_NAMES
+    from trainables.metric_keys import METRIC_NAMES
 
     lines = [
         f"best validation Dice {metrics['best/val_dice']:.4f} at epoch {metrics['best/epoch']}"
@@ -306,6 +306,27 @@ def format_final_metrics(metrics: dict[str, float]) -> str:
             row = "".join(f"{metrics[f'{split}/{m}']:>10.4f}" for m in METRIC_NAMES)
             lines.append(f"{split:<9}{row}")
     return "\n".join(lines)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names) -> None:
+    """One flag per config key (``--held-out-centre`` sets ``held_out_centre``), typed, with the
+    key's choices and description as its help; ``--held-out`` stays as a short alias."""
+    from typing import Literal, get_args, get_origin
+
+    from trainables.config import config_field
+
+    for name in names:
+        key = TRAIN_FLAGS[name]
+        field = config_field(key)
+        flags = [f"--{name.replace('_', '-')}"] + (
+            ["--held-out"] if name == "held_out_centre" else []
+        )
+        kwargs: dict = {"dest": name, "help": f"{field.description} [{key}]"}
+        if get_origin(field.annotation) is Literal:
+            kwargs["choices"] = list(get_args(field.annotation))
+        elif field.annotation in (int, float):
+            kwargs["type"] = field.annotation
+        parser.add_argument(*flags, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,16 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override any config key"
     )
-    train.add_argument("--arch", help="unet | deeplabv3plus | sdnet")
-    train.add_argument("--variant", help="paper | tiny")
-    train.add_argument("--held-out", type=int, help="held-out centre")
-    train.add_argument("--p", type=float, help="masking probability (0 = baseline)")
-    train.add_argument("--threshold", type=float, help="CAM threshold")
-    train.add_argument("--mask-mode", help="occlude | keep")
-    train.add_argument("--cam-mode", help="cached | online")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--image-size", type=int)
-    train.add_argument("--seed", type=int)
+    add_config_flags(train, TRAIN_FLAGS)
     train.set_defaults(func=_cmd_train)
 
     cams = sub.add_parser("cams", help="CAM figure (paper Fig. 1) and CAM-vs-overlay scores")
@@ -382,9 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     cams.add_argument("--out", default="cams.png", help="PNG to write (default cams.png)")
     cams.add_argument("--fold-cache", help="classifier/CAM cache (default runs/train/folds)")
     cams.add_argument("--set", action="append", metavar="KEY=VALUE")
-    cams.add_argument("--held-out", type=int)
-    cams.add_argument("--threshold", type=float)
-    cams.add_argument("--image-size", type=int)
+    add_config_flags(cams, CAMS_FLAGS)
     cams.set_defaults(func=_cmd_cams)
 
     validate = sub.add_parser("validate", help="check sweep specs without running anything")
@@ -403,11 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="a few tiny trials of this spec")
     run.add_argument("--storage", help="override storage.path")
     run.add_argument("--no-export", action="store_true", help="skip `camsweep export` at the end")
+    run.add_argument(
+        "--verbose", action="store_true", help="also Tune's per-trial tables and worker logs"
+    )
     run.set_defaults(func=_cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("run_dir")
     resume.add_argument("--address")
+    resume.add_argument(
+        "--verbose", action="store_true", help="also Tune's per-trial tables and worker logs"
+    )
     resume.set_defaults(func=_cmd_resume)
 
     status = sub.add_parser("status", help="trials of a run: state, epoch, Dice")
@@ -430,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", help="output folder (default RUN_DIR/export, RUN_DIR/export-oracle with --oracle)"
     )
-    export.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples per CI")
+    export.add_argument(
+        "--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples per CI (default {N_BOOT})"
+    )
     export.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     export.set_defaults(func=_cmd_export)
 

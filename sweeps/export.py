@@ -24,6 +24,7 @@ from sweeps.importance import param_importance, render_importance_csv
 from sweeps.results import LeftOut, collect_run
 from sweeps.selection import Selection, best_configs, group_settings, ordered_archs, swept_names
 from sweeps.spec import FOLDS_FILE
+from sweeps.stats import N_BOOT
 from sweeps.tables import (
     arch_label,
     render_csv,
@@ -69,7 +70,7 @@ def export_run(
     metric: str | None = None,
     oracle: bool = False,
     out: Path | str | None = None,
-    n_boot: int = 10_000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> ExportReport:
     """Writes every export file of a run folder.

@@ -1,6 +1,6 @@
 """Starting, resuming and watching sweeps — the only place that builds a Tuner.
 
-Life of a sweep (DESIGN §3): validate the spec → ``ray.init`` (embedded local Ray, or a cluster
+Life of a sweep (README, *Sweeps*): validate the spec → ``ray.init`` (embedded local Ray, or a cluster
 with ``address``) → decode the dataset once and put it in the object store → prepare every fold
 that needs the centre classifier, one Ray task per fold, in parallel, cached under the storage
 path → Tune → results under ``<storage>/<name>-<timestamp>/``.
@@ -25,12 +25,11 @@ from ray._private import ray_constants
 
 from search_spaces.build import build_search
 from sweeps.spec import FOLDS_FILE, SPEC_FILE, RayConfig, SpecError, SweepSpec, load_spec
-from sweeps.tracking import SweepSummary, log_fold_run, wandb_settings
-from trainables.data.cache import DecodedData
-from trainables.data.source import fold_split, frame_level_centres, prepare_data
-from trainables.engine import Runtime
+from sweeps.tracking import SweepSummary, wandb_settings
+from trainables.data.cache import DecodedData, cache_root
+from trainables.data.source import frame_level_centres, prepare_data
+from trainables.fold_task import prepare_fold_task
 from trainables.segmentation import train_segmentation
-from trainables.trial import prepare_trial_fold
 
 METRIC_MODE = "max"
 
@@ -38,14 +37,16 @@ METRIC_MODE = "max"
 # --- Ray ------------------------------------------------------------------------------------------
 
 
-def init_ray(config: RayConfig, address: str | None) -> None:
-    """Connects to a cluster, or starts a small embedded one (localhost only, no dashboard)."""
+def init_ray(config: RayConfig, address: str | None, *, verbose: bool = False) -> None:
+    """Connects to a cluster, or starts a small embedded one (localhost only, no dashboard).
+    Workers' log lines reach this console only with ``verbose``: the trial folders and W&B keep
+    them, and the console shows camsweep's progress line, errors and the result."""
     # Frequent small checkpoints make Tune warn about experiment snapshots; they are cheap here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose)
         return
     # A single-machine Ray needs no network, so every Ray server binds loopback only. Ray 2.60
     # rewrites a node IP of 127.0.0.1 to the machine's routable address (so ``_node_ip_address``
@@ -60,6 +61,7 @@ def init_ray(config: RayConfig, address: str | None) -> None:
             object_store_memory=config.object_store_mb << 20,
             include_dashboard=config.dashboard,
             dashboard_host="127.0.0.1",
+            log_to_driver=verbose,
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_switch
@@ -103,49 +105,34 @@ def _in_memory(data: DecodedData) -> DecodedData:
     )
 
 
-def _prepare_fold_remote(
-    data: DecodedData, spec_dict: dict[str, Any], held_out: int, wandb: dict[str, Any]
-):
-    spec = SweepSpec.model_validate(spec_dict)
-    cfg = spec.trial_config({"held_out_centre": held_out})
-    runtime = Runtime.from_config(cfg.train, granted_gpus=spec.resources.gpu)  # the task's share
-    split = fold_split(data, cfg.data, held_out)
-    fold, reused = prepare_trial_fold(cfg, data, split, spec.fold_cache_root(), runtime)
-    if not reused:
-        log_fold_run(wandb, data, split, fold, runtime, threshold=cfg.masking.threshold)
-    # Materialise the CAMs: the artefact travels through the object store to every trial.
-    return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused
-
-
 def folds_needed(spec: SweepSpec) -> list[int]:
-    """Held-out centres of the trials that mask (p > 0 anywhere on the p axis)."""
-    axes = {a.name: a for a in spec.axes}
-    centres = (
-        axes["held_out_centre"].values
-        if "held_out_centre" in axes
-        else (spec.trial_config({}).held_out_centre,)
-    )
-    p_axis = axes.get("p")
+    """Held-out centres of the trials that mask, i.e. if any value of the p axis masks (for a
+    sampled interval its bounds are its values: high > low >= 0, so high masks)."""
+    p_axis = next((a for a in spec.axes if a.name == "p"), None)
     p_values = p_axis.values if p_axis is not None else (spec.masking.p,)
-    # A sampled p (uniform/loguniform) can be > 0; grid/choice/constant are checked per value.
-    masks = (
-        p_axis is not None
-        and p_axis.form in ("uniform", "loguniform")
-        or any(v > 0 for v in p_values)
-    )
-    return sorted(centres) if masks else []
+    masks = any(spec.trial_config({"p": p}).masking.masks for p in p_values)
+    return sorted(spec.held_out_centres()) if masks else []
 
 
 def prepare_folds(
     spec: SweepSpec, data_ref, run_dir: Path
 ) -> tuple[dict[int, Any], dict[str, Any]]:
     """One Ray task per fold, in parallel; returns object refs of the artefacts and a summary."""
-    task = ray.remote(_prepare_fold_remote).options(
+    task = ray.remote(prepare_fold_task).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, num_returns=2
     )
-    spec_dict = spec.model_dump(mode="json")
     settings = wandb_settings(spec, run_dir)
-    pending = {k: task.remote(data_ref, spec_dict, k, settings) for k in folds_needed(spec)}
+    cache = str(spec.fold_cache_root())
+    pending = {
+        k: task.remote(
+            data_ref,
+            spec.trial_config({"held_out_centre": k}).to_dict(),
+            cache,
+            spec.resources.gpu,  # the task's share
+            settings,
+        )
+        for k in folds_needed(spec)
+    }
     start = time.perf_counter()
     summary: dict[str, Any] = {"trained": [], "reused": []}
     folds = {}
@@ -174,22 +161,17 @@ def build_tuner(
     *,
     restore: bool = False,
     storage: str | None = None,
+    verbose: bool = False,
 ) -> tune.Tuner:
     """``storage``: where Tune keeps the run (a URI for remote storage); default the run folder's
     parent. ``run_dir`` is then the local folder of camsweep's own files and offline W&B runs."""
     storage = storage or str(run_dir.parent)
     setup = build_search(
         spec.axes,
-        algorithm=spec.search.algorithm,
-        num_samples=spec.search.num_samples,
-        seed=spec.search.seed,
-        metric=spec.search.metric,
-        mode=METRIC_MODE,
-        scheduler=spec.scheduler.name,
-        grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor,
+        spec.search,
+        spec.scheduler,
         max_t=spec.train.epochs,
-        optuna_storage=spec.search.storage,
+        mode=METRIC_MODE,
         study_name=spec.name,
     )
     trainable = tune.with_resources(
@@ -224,7 +206,9 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
             callbacks=[SweepSummary(setup.grid_axes, spec.search.metric)],
-            verbose=1,
+            # Tune's boxed per-trial configs and results (700 of 990 lines for the demo) only
+            # with --verbose; SweepSummary prints the progress line and each failure.
+            verbose=1 if verbose else 0,
         ),
     )
 
@@ -245,11 +229,11 @@ def _write_run_files(
 
 def local_mirror(name: str) -> Path:
     """Local folder of a run whose storage is remote: camsweep's files and offline W&B runs."""
-    return Path("~/.cache/camsweep/runs").expanduser() / name
+    return cache_root() / "runs" / name
 
 
-def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Path):
-    init_ray(spec.ray, address)
+def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Path, verbose: bool):
+    init_ray(spec.ray, address, verbose=verbose)
     problems = cluster_problems(spec, address)
     if problems:
         raise SpecError("cluster", problems)
@@ -262,8 +246,9 @@ def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Pat
     return data_ref, folds, summary
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
-    """Runs a validated sweep to completion; returns its run folder."""
+def run_sweep(spec: SweepSpec, *, address: str | None = None, verbose: bool = False) -> Path:
+    """Runs a validated sweep to completion; returns its run folder. ``verbose``: Tune's
+    per-trial tables and the workers' log lines on the console too."""
     root = spec.storage_root()
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     remote = root if "://" in root else None
@@ -271,17 +256,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None) -> Path:
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
     manifest, data = prepare_data(spec.data, spec.held_out_centres())
     run_dir.mkdir(parents=True, exist_ok=True)
-    data_ref, folds, summary = _start(spec, data, address, run_dir)
+    data_ref, folds, summary = _start(spec, data, address, run_dir, verbose)
     summary["frame_level_split"] = frame_level_centres(manifest, spec.held_out_centres())
     _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)
     print(
         f"sweep {spec.name}: {f'{remote}/{name} (local files: {run_dir})' if remote else run_dir}"
     )
-    build_tuner(spec, run_dir, data_ref, folds, storage=remote).fit()
+    build_tuner(spec, run_dir, data_ref, folds, storage=remote, verbose=verbose).fit()
     return run_dir
 
 
-def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
+def resume_sweep(run_dir: Path, *, address: str | None = None, verbose: bool = False) -> Path:
     """Continues an interrupted sweep: finished trials stay finished, others resume from their
     last checkpoint, errored ones are retried."""
     remote = None
@@ -296,6 +281,6 @@ def resume_sweep(run_dir: Path, *, address: str | None = None) -> Path:
         raise SpecError(str(run_dir), [f"not a camsweep run folder ({SPEC_FILE} missing)"])
     spec = load_spec(spec_path)
     _, data = prepare_data(spec.data, spec.held_out_centres())
-    data_ref, folds, _ = _start(spec, data, address, run_dir)
+    data_ref, folds, _ = _start(spec, data, address, run_dir, verbose)
     build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote).fit()
     return run_dir

@@ -17,7 +17,7 @@ from search_spaces.grouping import expand_groups, group_key, group_label
 from sweeps.spec import SPEC_FILE, SweepSpec, load_spec
 from sweeps.status import TrialRecord, read_run
 from trainables import metric_keys as K
-from trainables.trial import CONFIG_FILE, PER_IMAGE_FILE, RESULTS_FILE
+from trainables.run_files import CONFIG_FILE, PER_IMAGE_FILE, RESULTS_FILE
 
 
 @dataclass

@@ -10,6 +10,7 @@ storage path — before any Ray process starts.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from search_spaces.axes import AXES, Axis, parse_axis
+from search_spaces.config import SchedulerConfig, SearchConfig
 from trainables.config import (
     ClassifierConfig,
     DataConfig,
@@ -27,8 +29,9 @@ from trainables.config import (
     TrainConfig,
     TrialConfig,
     format_validation_error,
-    set_by_path,
+    with_axis_values,
 )
+from trainables.data.cache import cache_root
 from trainables.data.source import patient_problems, scan_data
 from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
 
@@ -38,39 +41,27 @@ FOLDS_FILE = "camsweep-folds.json"  # which folds were prepared or reused
 SELECTION_METRICS = ("val/dice", "val/iou", "val/recall", "val/precision", "val/accuracy")
 
 
-class SearchConfig(Strict):
-    algorithm: Literal["grid", "random", "optuna"] = "grid"
-    num_samples: int = Field(1, ge=1, description="trials per group (grid: repeats per point)")
-    seed: int = 0
-    metric: str = "val/dice"
-    storage: str | None = Field(None, description="Optuna RDB URL, e.g. sqlite:///optuna.db")
-
-
-class SchedulerConfig(Strict):
-    name: Literal["fifo", "asha"] = "fifo"
-    grace_period: int = Field(10, ge=1, description="epochs before ASHA may stop a trial")
-    reduction_factor: float = Field(3.0, gt=1)
-
-
 class ResourceShare(Strict):
     """One architecture's override of the per-trial resources (unset: the sweep's default)."""
 
-    cpu: float | None = Field(None, gt=0)
-    gpu: float | None = Field(None, ge=0)
+    cpu: float | None = Field(None, gt=0, description="CPUs per trial of this architecture")
+    gpu: float | None = Field(None, ge=0, description="GPU share per trial of this architecture")
 
 
 class ResourcesConfig(Strict):
     """Per-trial resources. Architectures differ several-fold in memory and compute, so each may
     pack differently on a GPU: ``per_arch: {deeplabv3plus: {gpu: 1}}`` next to ``gpu: 0.5``."""
 
-    cpu: float = Field(1.0, gt=0)
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (and per fold preparation)")
     gpu: float = Field(0.0, ge=0, description="fractions pack several trials on one GPU")
-    per_arch: dict[str, ResourceShare] = Field(default_factory=dict)
+    per_arch: dict[str, ResourceShare] = Field(
+        default_factory=dict, description="per-architecture overrides of cpu and gpu"
+    )
 
     @field_validator("per_arch")
     @classmethod
     def _known_archs(cls, per_arch: dict[str, ResourceShare]) -> dict[str, ResourceShare]:
-        from trainables.models import MODEL_NAMES
+        from trainables.models.registry import MODEL_NAMES
 
         unknown = sorted(set(per_arch) - set(MODEL_NAMES))
         if unknown:
@@ -94,8 +85,8 @@ class ResourcesConfig(Strict):
 
 
 class WandbConfig(Strict):
-    project: str = "camsweep"
-    entity: str | None = None
+    project: str = Field("camsweep", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team); default: yours")
     mode: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="auto: online with WANDB_API_KEY, offline otherwise"
     )
@@ -105,7 +96,7 @@ class WandbConfig(Strict):
 
 
 class TrackingConfig(Strict):
-    wandb: WandbConfig = WandbConfig()
+    wandb: WandbConfig = Field(WandbConfig(), description="Weights & Biases runs")
 
 
 class StorageConfig(Strict):
@@ -115,31 +106,38 @@ class StorageConfig(Strict):
 class RayConfig(Strict):
     """Settings of the embedded local Ray (ignored with --address)."""
 
-    num_cpus: int | None = Field(None, ge=1)
-    object_store_mb: int = Field(512, ge=64)
-    dashboard: bool = False
+    num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use; default: all")
+    object_store_mb: int = Field(512, ge=64, description="Ray object store (the shared dataset)")
+    dashboard: bool = Field(False, description="start Ray's dashboard (localhost only)")
 
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    classifier: ClassifierConfig = ClassifierConfig()
-    masking: MaskingConfig = MaskingConfig()
-    train: TrainConfig = TrainConfig()
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run folder and W&B group"
+    )
+    data: DataConfig = Field(DataConfig(), description="the dataset and its split")
+    model: ModelConfig = Field(ModelConfig(), description="the segmentation model")
+    classifier: ClassifierConfig = Field(ClassifierConfig(), description="the centre classifier")
+    masking: MaskingConfig = Field(MaskingConfig(), description="CAM-guided masking")
+    train: TrainConfig = Field(TrainConfig(), description="training settings")
     fault: FaultConfig = Field(FaultConfig(), description="reliability tests only; inert")
-    space: dict[str, Any] = Field(default_factory=dict)
-    search: SearchConfig = SearchConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    checkpoints_to_keep: int = Field(2, ge=1)
-    tracking: TrackingConfig = TrackingConfig()
-    storage: StorageConfig = StorageConfig()
-    ray: RayConfig = RayConfig()
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="axis name → constant, grid, choice or interval"
+    )
+    search: SearchConfig = Field(SearchConfig(), description="how trials are drawn")
+    scheduler: SchedulerConfig = Field(SchedulerConfig(), description="early stopping")
+    resources: ResourcesConfig = Field(ResourcesConfig(), description="per-trial CPUs and GPUs")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="at most this many trials at once; default: what fits"
+    )
+    checkpoints_to_keep: int = Field(2, ge=1, description="Tune checkpoints kept per trial")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking")
+    storage: StorageConfig = Field(StorageConfig(), description="where results go")
+    ray: RayConfig = Field(RayConfig(), description="the embedded local Ray")
 
-    @property
+    @cached_property
     def axes(self) -> list[Axis]:
+        """The parsed space (parsed once; a spec that loaded has no broken axis)."""
         return [parse_axis(name, raw)[0] for name, raw in self.space.items()]
 
     def held_out_centres(self) -> list[int]:
@@ -154,10 +152,7 @@ class SweepSpec(Strict):
 
     def trial_config(self, axis_values: dict[str, Any]) -> TrialConfig:
         """The full trial config for one point of the space (axis name → value)."""
-        raw = self.base_trial()
-        for name, value in axis_values.items():
-            set_by_path(raw, AXES[name], value)
-        return TrialConfig.model_validate(raw)
+        return with_axis_values(self.base_trial(), AXES, axis_values)
 
     def storage_root(self) -> str:
         path = self.storage.path
@@ -167,7 +162,7 @@ class SweepSpec(Strict):
         """Where fold artefacts are cached: shared by every sweep using the same storage."""
         root = self.storage_root()
         if "://" in root:  # remote storage: keep the fold cache on the node's disk
-            return Path("~/.cache/camsweep/folds").expanduser()
+            return cache_root() / "folds"
         return Path(root) / "folds"
 
 

@@ -18,6 +18,10 @@ import numpy as np
 # (a block holds block × images floats) whatever n_boot is.
 _BLOCK = 512
 
+# Bootstrap resamples of every confidence interval camsweep prints (export and the table at
+# the end of `camsweep run` alike): 10 000 keeps the Monte Carlo error of a 95 % bound ~0.002.
+N_BOOT = 10_000
+
 
 @dataclass(frozen=True)
 class BootstrapCI:
@@ -103,7 +107,7 @@ def paired_bootstrap(
     treated: np.ndarray | Sequence[float],
     control: np.ndarray | Sequence[float],
     *,
-    n_boot: int = 10_000,
+    n_boot: int = N_BOOT,
     level: float = 0.95,
     seed: int = 0,
 ) -> BootstrapCI:
@@ -156,7 +160,7 @@ def unpaired_bootstrap(
     treated: np.ndarray | Sequence[float],
     control: np.ndarray | Sequence[float],
     *,
-    n_boot: int = 10_000,
+    n_boot: int = N_BOOT,
     level: float = 0.95,
     seed: int = 0,
 ) -> BootstrapCI:

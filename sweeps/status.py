@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainables import metric_keys as K
-from trainables.trial import RESULTS_FILE
+from trainables.run_files import RESULTS_FILE
 
 
 @dataclass

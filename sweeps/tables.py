@@ -13,9 +13,9 @@ from typing import Any
 from sweeps.results import LeftOut
 from sweeps.selection import ORACLE_LABEL, Selection, Setting, held_out_centres, ordered_archs
 from sweeps.spec import SweepSpec
-from sweeps.stats import BootstrapCI, align_by_index, paired_bootstrap
+from sweeps.stats import N_BOOT, BootstrapCI, align_by_index, paired_bootstrap
 from trainables import metric_keys as K
-from trainables.trial import PER_IMAGE_FILE
+from trainables.run_files import PER_IMAGE_FILE
 
 TABLE_METRICS = ("dice", "recall", "accuracy")
 ARCH_LABELS = {"unet": "UNet", "deeplabv3plus": "DeepLabV3+", "sdnet": "SDNet"}
@@ -62,7 +62,7 @@ def table_rows(
     settings: Sequence[Setting],
     selection: Selection,
     *,
-    n_boot: int = 10_000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     spec: SweepSpec | None = None,
 ) -> list[TableRow]:

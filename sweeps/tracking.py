@@ -1,5 +1,6 @@
 """Watching a sweep: the one-line progress summary, and W&B — run ids, modes, offline runs kept
-with the results, ``wandb sync``, reading offline run files back, and redaction of secrets."""
+with the results, ``wandb sync``, reading offline run files back. (The runs opened on workers —
+trials, fold preparations — are in :mod:`trainables.wandb_runs`.)"""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 from ray import tune
 
 from search_spaces.grouping import group_key, group_label
+from trainables.wandb_runs import guarded_run
 
 
 class SweepSummary(tune.Callback):
@@ -59,16 +61,26 @@ class SweepSummary(tune.Callback):
         self._print(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        # The console is quiet (Tune's own tables are off unless --verbose): say what failed.
+        print(f"trial {trial.trial_id} failed: {last_error_line(trial)}", flush=True)
         self._print(trials, force=True)
 
     def on_experiment_end(self, trials, **info):
         print(self.line(trials), flush=True)
 
 
+def last_error_line(trial) -> str:
+    """The last non-empty line of a failed trial's traceback (the exception and its message)."""
+    try:
+        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "see the trial's error.txt"
+    return lines[-1].strip() if lines else "error"
+
+
 # --- W&B ----------------------------------------------------------------------------------------
 
 WANDB_DIR = "wandb"  # under the sweep's run folder: offline runs live with the results
-SECRET_WORDS = ("key", "token", "secret", "password", "credential")
 
 
 def resolve_mode(mode: str) -> str:
@@ -76,18 +88,6 @@ def resolve_mode(mode: str) -> str:
     if mode != "auto":
         return mode
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
-
-
-def redact(tree: Any) -> Any:
-    """A copy with every value under a secret-looking key replaced (keys named *key*, *token*…)."""
-    if isinstance(tree, dict):
-        return {
-            k: "<redacted>" if any(w in str(k).lower() for w in SECRET_WORDS) else redact(v)
-            for k, v in tree.items()
-        }
-    if isinstance(tree, list):
-        return [redact(v) for v in tree]
-    return tree
 
 
 def wandb_settings(spec, run_dir: Path) -> dict[str, Any]:
@@ -188,49 +188,6 @@ def read_wandb_run(path: Path) -> dict[str, Any]:
     return info
 
 
-def _guarded_run(settings: dict[str, Any], run_id: str, job_type: str, body) -> None:
-    """Opens a W&B run, calls ``body(run)``, finishes; any W&B failure is a warning only."""
-    if not settings or settings.get("mode") == "disabled":
-        return
-    try:
-        import wandb
-
-        from trainables.segmentation import wandb_init_kwargs
-
-        run = wandb.init(**wandb_init_kwargs(settings, run_id, job_type))
-        try:
-            body(run)
-        finally:
-            run.finish()
-    except Exception as exc:  # noqa: BLE001 — tracking never fails the sweep
-        print(f"warning: W&B {job_type} run {run_id} not logged ({exc})", file=sys.stderr)
-
-
-def log_fold_run(settings, data, split, fold, runtime, *, threshold: float) -> None:
-    """The fold preparation's own run: classifier accuracy, CAM scores and the CAM figure."""
-
-    def body(run) -> None:
-        import tempfile
-
-        import wandb
-
-        from trainables.cam_report import cam_report
-
-        run.config.update(redact({"held_out_centre": split.held_out, "fold_key": fold.key}))
-        run.summary.update(fold.metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "cams.png"
-            scores, _ = cam_report(data, split, fold, runtime, png, threshold=threshold)
-            run.log({"cams": wandb.Image(str(png))})
-        for s in scores:
-            run.summary[f"cam/C{s.centre}/precision"] = s.precision
-            run.summary[f"cam/C{s.centre}/iou"] = s.iou
-
-    _guarded_run(
-        settings, f"{settings.get('group', 'camsweep')}-fold-C{split.held_out}", "classifier", body
-    )
-
-
 def log_summary_run(settings: dict[str, Any], export_dir: Path) -> None:
     """The sweep's summary run: results table, plots, and the exported files as an artefact."""
 
@@ -252,4 +209,4 @@ def log_summary_run(settings: dict[str, Any], export_dir: Path) -> None:
                 artifact.add_file(str(path))
         run.log_artifact(artifact)
 
-    _guarded_run(settings, f"{settings.get('group', 'camsweep')}-summary", "summary", body)
+    guarded_run(settings, f"{settings.get('group', 'camsweep')}-summary", "summary", body)

@@ -57,6 +57,44 @@ def write_frame(root: Path, centre: int, stem: str, size=(32, 32), mask_size=Non
     return images / f"{stem}.jpg", masks / f"{stem}_mask.jpg"
 
 
+def tiny_spec(tmp_path: Path, **changes) -> dict:
+    """A tiny sweep (4 trials, 1 epoch, 32 px) storing its results under ``tmp_path``. Its
+    synthetic dataset is generated and decoded once per test run, in a shared cache."""
+    raw = {
+        "name": "tiny",
+        "data": {
+            "image_size": 32,
+            "cache_dir": str(_shared_data_cache()),
+            "synthetic": {"per_centre": 16, "size": "64x64"},
+        },
+        "model": {"variant": "tiny"},
+        "classifier": {"arch": "resnet18", "epochs": 1, "batch_size": 8},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
+        "space": {
+            "arch": {"grid": ["unet"]},
+            "held_out_centre": {"grid": [2, 6]},
+            "p": {"grid": [0.0, 0.5]},
+        },
+        "resources": {"cpu": 1, "gpu": 0},
+        "tracking": {"wandb": {"mode": "disabled"}},
+        "storage": {"path": str(tmp_path / "results")},
+    }
+    raw.update(changes)
+    return raw
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def _shared_data_cache() -> Path:
+    # Content-addressed (synthetic/<args digest>, decoded/<manifest key>): safe to share.
+    if "cache" not in _SHARED:
+        import tempfile
+
+        _SHARED["cache"] = Path(tempfile.mkdtemp(prefix="camsweep-test-data-"))
+    return _SHARED["cache"]
+
+
 @pytest.fixture
 def local_ray():
     """The small local Ray shared by every test that needs one (started on first use)."""
@@ -70,8 +108,25 @@ def local_ray():
     yield ray
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA: skipped, saying so, on a machine without it."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="gpu test: CUDA is not available on this machine")
+        for item in gpu_tests:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
+    import shutil
     import sys
+
+    if "cache" in _SHARED:
+        shutil.rmtree(_SHARED["cache"], ignore_errors=True)
 
     if "ray" in sys.modules:
         import ray

@@ -51,7 +51,6 @@ from trainables.data.device_loader import DeviceBatches, DeviceData
 SIZE = 48
 MODES = ("index", "where")
 NO_AUG = AugmentConfig(rotate_p=0, hflip_p=0, vflip_p=0, color_jitter_p=0)
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -508,7 +507,6 @@ def test_engine_evaluates_device_batches_like_the_dataloader():
 
 
 @pytest.mark.gpu
-@requires_cuda
 def test_cuda_matches_cpu_for_the_same_parameters():
     scenes = [_scene(80 + s) for s in range(8)]
     cfg = AugmentConfig(rotate_p=0.7, hflip_p=0.5, vflip_p=0.5, color_jitter_p=0.7)
@@ -523,7 +521,6 @@ def test_cuda_matches_cpu_for_the_same_parameters():
 
 
 @pytest.mark.gpu
-@requires_cuda
 def test_cuda_batches_never_wait_for_the_host():
     data = _data()
     cams = np.random.default_rng(3).random((len(data), 32, 32)).astype(np.float16)

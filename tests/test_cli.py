@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from sweeps.cli import main
 from tests.conftest import write_frame
@@ -48,3 +51,30 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         [CAMSWEEP, "data", "check", tmp_path / "none"], capture_output=True, text=True
     )
     assert run.returncode == 1 and "data root does not exist" in run.stdout
+
+
+def test_status_and_file_only_validate_do_not_load_torch(tmp_path):
+    """Reading a run or checking a spec file is instant: no torch, no Ray, no W&B."""
+    run = tmp_path / "run"
+    (run / "t0").mkdir(parents=True)
+    spec = {"name": "r", "space": {"arch": {"grid": ["unet"]}, "p": {"grid": [0.0, 0.5]}}}
+    (run / "camsweep-spec.yaml").write_text(yaml.safe_dump(spec))
+    trial = {"trial_id": "ab_00000", "status": "RUNNING", "config": {"arch": "unet", "p": 0.5},
+             "relative_logdir": "t0"}  # fmt: skip
+    meta = {"last_result": {"epoch": 3, "val/dice": 0.25}}
+    state = {"trial_data": [[json.dumps(trial), json.dumps(meta)]]}
+    (run / "experiment_state-2026-12-01_00-00-00.json").write_text(json.dumps(state))
+    code = (
+        "import sys; from sweeps.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'ray', 'wandb') if m in sys.modules]; "
+        "assert not heavy, heavy; sys.exit(rc)"
+    )
+    for argv in (["status", str(run)], ["validate", "--file-only", "sweeps/paper-table1.yaml"]):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+        assert done.returncode == 0, (argv, done.stderr[-2000:])
+    assert (
+        "ab_00000"
+        in subprocess.run(
+            [sys.executable, "-c", code, "status", str(run)], capture_output=True, text=True
+        ).stdout
+    )

@@ -354,7 +354,7 @@ def test_optuna_importance_per_group_ranks_the_axis_that_matters():
 
 def tiny_optuna_spec(tmp_path: Path) -> dict:
     """4 tiny trials: unet × held-out {2, 6} × p {0, 0.5}, the seed sampled by Optuna."""
-    from tests.test_sweep import tiny_spec
+    from tests.conftest import tiny_spec
 
     raw = tiny_spec(
         tmp_path, name="tiny-export", search={"algorithm": "optuna", "num_samples": 1, "seed": 0}

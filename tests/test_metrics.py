@@ -11,7 +11,8 @@ from torchmetrics.functional.classification import (
     binary_recall,
 )
 
-from trainables.metrics import METRIC_NAMES, MetricAccumulator, per_image_metrics
+from trainables.metric_keys import METRIC_NAMES
+from trainables.metrics import MetricAccumulator, per_image_metrics
 
 REFERENCE = {
     "dice": binary_f1_score,

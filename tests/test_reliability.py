@@ -14,8 +14,7 @@ from sweeps.launch import run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import format_status, read_run
 from sweeps.tracking import offline_run_dirs, read_wandb_run
-from tests.conftest import write_frame
-from tests.test_sweep import tiny_spec
+from tests.conftest import tiny_spec, write_frame
 
 FAKE_KEY = "camsweep-planted-fake-key-0123456789abcdef0123"
 

@@ -9,6 +9,7 @@ from ray.tune.search import Searcher
 
 from search_spaces.axes import parse_axis
 from search_spaces.build import build_search
+from search_spaces.config import SchedulerConfig, SearchConfig
 from search_spaces.grouping import expand_groups, group_key, group_label
 
 
@@ -30,10 +31,9 @@ def test_groups_are_the_grid_product():
 def _optuna_setup(num_samples=3, seed=0):
     return build_search(
         axes(arch={"grid": ["unet", "sdnet"]}, p={"uniform": [0.0, 1.0]}, threshold=0.5),
-        algorithm="optuna",
-        num_samples=num_samples,
-        seed=seed,
-        metric="val/dice",
+        SearchConfig(algorithm="optuna", num_samples=num_samples, seed=seed),
+        SchedulerConfig(),
+        max_t=1,
     )
 
 
@@ -103,13 +103,8 @@ def _trials():
 def test_grouped_asha_never_compares_across_groups():
     setup = build_search(
         axes(held_out_centre={"grid": [1, 4]}, p={"uniform": [0, 1]}),
-        algorithm="random",
-        num_samples=4,
-        seed=0,
-        metric="val/dice",
-        scheduler="asha",
-        grace_period=1,
-        reduction_factor=2,
+        SearchConfig(algorithm="random", num_samples=4),
+        SchedulerConfig(name="asha", grace_period=1, reduction_factor=2),
         max_t=4,
     )
     setup.scheduler.set_search_properties("val/dice", "max")
@@ -133,17 +128,21 @@ def test_grid_search_repeats_each_point_num_samples_times():
         axes(
             arch={"grid": ["unet", "sdnet"]}, seed={"grid": [0, 1]}, lr={"loguniform": [1e-5, 1e-3]}
         ),
-        algorithm="grid",
-        num_samples=2,
-        seed=0,
-        metric="val/dice",
+        SearchConfig(algorithm="grid", num_samples=2),
+        SchedulerConfig(),
+        max_t=1,
     )
     assert setup.num_samples == 2 and len(setup.groups) == 4
     assert setup.param_space["arch"] == {"grid_search": ["unet", "sdnet"]}
 
 
-@pytest.mark.parametrize("bad", [{"algorithm": "bayes"}, {"scheduler": "pbt"}])
-def test_unknown_algorithm_or_scheduler(bad):
-    kwargs = {"algorithm": "grid", "num_samples": 1, "seed": 0, "metric": "val/dice", **bad}
-    with pytest.raises(ValueError, match="valid"):
-        build_search(axes(p=0.5), **kwargs)
+@pytest.mark.parametrize(
+    ("make", "valid"),
+    [
+        (lambda: SearchConfig(algorithm="bayes"), "'grid', 'random' or 'optuna'"),
+        (lambda: SchedulerConfig(name="pbt"), "'fifo' or 'asha'"),
+    ],
+)
+def test_unknown_algorithm_or_scheduler(make, valid):
+    with pytest.raises(ValueError, match=valid):
+        make()

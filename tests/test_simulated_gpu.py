@@ -22,11 +22,11 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 
 from trainables.config import MaskingConfig, load_trial_config
 from trainables.data.augment import AugmentConfig
+from trainables.data.batches import BatchSource
 from trainables.data.device_loader import DeviceBatches
 from trainables.data.splits import leave_one_centre_out
 from trainables.engine import Occluder, Runtime, evaluate, train_one_epoch
 from trainables.models import MODEL_NAMES, build_model
-from trainables.trial import DataPath
 
 GPU = torch.device("cuda", 0)
 
@@ -90,7 +90,7 @@ def data(synth_decoded):
 
 @pytest.mark.parametrize("arch", MODEL_NAMES)
 def test_fast_path_steps_stay_on_the_gpu_and_never_wait_for_it(arch, data, monkeypatch):
-    """A trial's training and validation passes on the fast path — the trial's own DataPath on a
+    """A trial's training and validation passes on the fast path — the trial's own BatchSource on a
     GPU runtime (frames, CAMs and augmentation on the device), cached-CAM masking, channels_last —
     keep every tensor on the GPU and read no value back until the pass ends: the read at the end
     of an epoch is the first."""
@@ -106,7 +106,7 @@ def test_fast_path_steps_stay_on_the_gpu_and_never_wait_for_it(arch, data, monke
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # the host-side cache is uploaded inside
     model = _to_simulated_gpu(build_model(arch, variant="tiny"), mode)
     with mode:
-        data_path = DataPath(cfg, data, split, labels, cams, runtime)
+        data_path = BatchSource(cfg.train, data, split, labels, cams, runtime.device)
         assert data_path.on_device  # train.data_path auto on a GPU
         assert data_path.device_data.images.device == GPU
         occluder = Occluder(cfg.masking, generator=torch.Generator(device=GPU))

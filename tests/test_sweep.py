@@ -18,33 +18,10 @@ import yaml
 from sweeps.launch import resume_sweep, run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import format_status, read_run
+from tests.conftest import tiny_spec
 
 pytestmark = pytest.mark.slow
 CAMSWEEP = Path(sys.executable).parent / "camsweep"
-
-
-def tiny_spec(tmp_path: Path, **changes) -> dict:
-    raw = {
-        "name": "tiny",
-        "data": {
-            "image_size": 32,
-            "cache_dir": str(tmp_path / "cache"),
-            "synthetic": {"per_centre": 16, "size": "64x64"},
-        },
-        "model": {"variant": "tiny"},
-        "classifier": {"arch": "resnet18", "epochs": 1, "batch_size": 8},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "device": "cpu"},
-        "space": {
-            "arch": {"grid": ["unet"]},
-            "held_out_centre": {"grid": [2, 6]},
-            "p": {"grid": [0.0, 0.5]},
-        },
-        "resources": {"cpu": 1, "gpu": 0},
-        "tracking": {"wandb": {"mode": "disabled"}},
-        "storage": {"path": str(tmp_path / "results")},
-    }
-    raw.update(changes)
-    return raw
 
 
 @pytest.mark.slow
@@ -132,7 +109,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         assert (run_dir / name / "results.json").read_text() == text
     # No W&B run was duplicated: every offline run folder belongs to one of the trials' run ids.
     from sweeps.tracking import offline_run_dirs, read_wandb_run
-    from trainables.segmentation import wandb_run_id
+    from trainables.wandb_runs import wandb_run_id
 
     ids = {read_wandb_run(next(d.glob("run-*.wandb")))["run_id"] for d in offline_run_dirs(run_dir)}
     trial_ids = {wandb_run_id(run_dir.name, t.trial_id) for t in trials}

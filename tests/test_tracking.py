@@ -11,9 +11,9 @@ import pytest
 from sweeps.launch import run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import read_run
-from sweeps.tracking import offline_run_dirs, read_wandb_run, redact, resolve_mode
-from tests.test_sweep import tiny_spec
-from trainables.segmentation import wandb_run_id
+from sweeps.tracking import offline_run_dirs, read_wandb_run, resolve_mode
+from tests.conftest import tiny_spec
+from trainables.wandb_runs import redact, wandb_run_id
 
 
 def test_run_ids_are_deterministic_and_safe():
@@ -39,6 +39,17 @@ def test_redact_removes_secret_looking_values():
         "wandb": {"api_key": "<redacted>", "project": "p"},
         "token": "<redacted>",
         "runs": [{"password": "<redacted>"}],
+    }
+
+
+def test_redact_matches_secret_names_not_substrings():
+    # The fold preparation logs its cache key; that is no secret (it was hidden before).
+    tree = {"fold_key": "C3-ab12", "monkey": 1, "github_token": "t", "AWS-Secret-Access-Key": "s"}
+    assert redact(tree) == {
+        "fold_key": "C3-ab12",
+        "monkey": 1,
+        "github_token": "<redacted>",
+        "AWS-Secret-Access-Key": "<redacted>",
     }
 
 

@@ -16,7 +16,8 @@ from trainables.data.cache import load_or_build
 from trainables.data.polypgen import index_polypgen
 from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.engine import Runtime
-from trainables.trial import PER_IMAGE_FILE, run_segmentation
+from trainables.run_files import PER_IMAGE_FILE
+from trainables.trial import run_segmentation
 
 HELD_OUT = 3
 
@@ -198,6 +199,31 @@ def test_resumed_trial_matches_an_uninterrupted_one(data, split, fold, tmp_path)
     ).read_text()
 
 
+def test_a_finished_trial_resumed_from_an_earlier_checkpoint_is_not_trained_again(
+    data, split, fold, tmp_path
+):
+    """The driver can die after a trial wrote its results but before Tune recorded its final
+    checkpoint; Tune then resumes it from an earlier checkpoint. The results in the trial
+    folder are handed back as they are: no training, no evaluation."""
+    cfg = tiny_config()
+    first = run_segmentation(cfg, data, split, fold, tmp_path / "trial")
+    text = (tmp_path / "trial" / "results.json").read_text()
+    earlier = tmp_path / "epoch-0-checkpoint"  # no state.pt: training from it would fail
+    earlier.mkdir()
+    reports = []
+    again = run_segmentation(
+        cfg, data, split, fold, tmp_path / "trial", resume_dir=earlier,
+        report=lambda m, c: reports.append(m),
+    )  # fmt: skip
+    assert again.metrics == first.metrics and again.model is None
+    assert (tmp_path / "trial" / "results.json").read_text() == text
+    assert reports == [first.metrics]
+    # Another config in the same folder is not mistaken for it.
+    with pytest.raises(CheckpointError, match="state.pt: checkpoint does not exist"):
+        run_segmentation(tiny_config(seed=1), data, split, fold, tmp_path / "trial",
+                         resume_dir=earlier)  # fmt: skip
+
+
 def test_checkpoint_round_trip_and_corruption_detected(tmp_path):
     path = tmp_path / "ck.pt"
     save_checkpoint(path, {"epoch": 3, "w": torch.arange(4)})
@@ -371,7 +397,6 @@ def _no_host_waits_after_the_first(batches):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "sdnet"])
 @pytest.mark.parametrize("cam_mode", ["cached", "online"])
 def test_cuda_training_steps_never_wait_for_the_host_before_or_after_a_resume(

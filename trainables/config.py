@@ -1,7 +1,10 @@
 """The trial config: one strict, typed object describing everything one trial does.
 
-Defaults are the paper's settings (DESIGN §1) and live here only. Unknown keys are errors, so a
-typo in a YAML file never silently falls back to a default.
+Defaults live here only. They are the paper's settings where the paper states one (image size
+256, batch 4, lr 1e-5, 300 epochs, 10 classifier epochs, threshold 0.5, the augmentation
+probabilities); where it is silent they are camsweep's choices, and each field's description
+says so (e.g. the classifier's lr 1e-4 and batch 16, the per-centre split). Unknown keys are
+errors, so a typo in a YAML file never silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -14,21 +17,35 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
-from trainables.data.augment import AugmentConfig
+from trainables.models.registry import CLASSIFIER_ARCHS, MODEL_NAMES, VARIANTS
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentConfig(Strict):
+    """Training-only augmentations (the paper's: rotation and flips with p 0.5, colour jitter
+    with p 0.3), applied alike to image, mask and CAM except the jitter (image only)."""
+
+    rotate_p: float = Field(0.5, ge=0, le=1, description="probability of a random rotation")
+    rotate_limit: float = Field(90.0, ge=0, le=180, description="max rotation, degrees")
+    hflip_p: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    vflip_p: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip")
+    color_jitter_p: float = Field(0.3, ge=0, le=1, description="probability of colour jitter")
+
+
 class SyntheticConfig(Strict):
     """How to generate the dataset when ``data.source`` is ``synthetic``."""
 
-    per_centre: int | None = Field(None, ge=1)
-    scale: float = Field(1.0, gt=0)
-    size: str = "640x480"
-    seed: int = Field(0, ge=0)
+    per_centre: int | None = Field(None, ge=1, description="frames per centre (instead of scale)")
+    scale: float = Field(
+        1.0, gt=0, description="fraction of PolypGen's centre sizes (1537 frames at 1)"
+    )
+    size: str = Field("640x480", description="frame size WIDTHxHEIGHT of the generated images")
+    seed: int = Field(0, ge=0, description="generator seed: the same arguments give the same files")
     naming: Literal["polypgen", "camsweep"] = Field(
         "polypgen",
         description="polypgen: the real release's names, quirks and extra folders (the loader's "
@@ -45,7 +62,9 @@ class SyntheticConfig(Strict):
 
 
 class DataConfig(Strict):
-    source: Literal["polypgen", "synthetic"] = "synthetic"
+    source: Literal["polypgen", "synthetic"] = Field(
+        "synthetic", description="polypgen: the tree at root; synthetic: generated on first use"
+    )
     root: Path | None = Field(
         None,
         description="PolypGen root (the PolypGen2021_MultiCenterData_v3 folder or its parent); "
@@ -69,10 +88,12 @@ class DataConfig(Strict):
         description="per_centre: 80/10/10 of frames within each training centre, by patient; "
         "pooled: the authors' loader, 80 % of the pooled patients, the rest halved",
     )
-    image_size: int = Field(256, ge=16, le=2048)
-    cache_dir: Path | None = Field(None, description="decoded cache; default ~/.cache/camsweep")
-    split_seed: int = 0
-    synthetic: SyntheticConfig = SyntheticConfig()
+    image_size: int = Field(256, ge=16, le=2048, description="frames are resized to this square")
+    cache_dir: Path | None = Field(
+        None, description="decoded cache; default $CAMSWEEP_CACHE/decoded (~/.cache/camsweep)"
+    )
+    split_seed: int = Field(0, description="shuffles patients into train/val/test_in")
+    synthetic: SyntheticConfig = Field(SyntheticConfig(), description="the generated dataset")
 
     @field_validator("patient_pattern")
     @classmethod
@@ -91,16 +112,18 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    arch: str = "unet"
-    variant: Literal["paper", "tiny"] = "paper"
-    encoder_name: str | None = None
+    arch: str = Field("unet", description=" | ".join(MODEL_NAMES))
+    variant: Literal[VARIANTS] = Field(  # the registry's names, one source
+        "paper", description="paper: the published models; tiny: small, for tests and CPU demos"
+    )
+    encoder_name: str | None = Field(
+        None, description="smp encoder (unet, deeplabv3plus); default: the variant's"
+    )
     encoder_weights: str | None = Field(None, description="None, 'imagenet' or a local file")
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from trainables.models import MODEL_NAMES
-
         if arch not in MODEL_NAMES:
             raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(MODEL_NAMES)}")
         return arch
@@ -109,18 +132,16 @@ class ModelConfig(Strict):
 class ClassifierConfig(Strict):
     """The frozen centre classifier whose GradCAM drives the masking."""
 
-    arch: str = "resnet50"
+    arch: str = Field("resnet50", description=" | ".join(CLASSIFIER_ARCHS) + " (paper: resnet50)")
     weights: str | None = Field(None, description="None, 'imagenet' or a local state-dict file")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(10, ge=1, description="training epochs (paper: 10)")
+    batch_size: int = Field(16, ge=1, description="camsweep's choice; the paper is silent")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate; camsweep's choice")
     seed: int = Field(0, description="separate from the trial seed so seeds share one classifier")
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from trainables.models import CLASSIFIER_ARCHS
-
         if arch not in CLASSIFIER_ARCHS:
             raise ValueError(
                 f"unknown classifier arch {arch!r}; valid: {', '.join(CLASSIFIER_ARCHS)}"
@@ -131,24 +152,42 @@ class ClassifierConfig(Strict):
 class MaskingConfig(Strict):
     p: float = Field(0.0, ge=0, le=1, description="per-sample masking probability; 0 = baseline")
     threshold: float = Field(0.5, gt=0, lt=1, description="CAM binarisation threshold")
-    mode: Literal["occlude", "keep"] = "occlude"
-    cam_mode: Literal["cached", "online"] = "cached"
-    cam_target: Literal["predicted", "true"] = "predicted"
+    mode: Literal["occlude", "keep"] = Field(
+        "occlude", description="occlude: x * (1 - bin(cam)); keep: x * bin(cam) (an ablation)"
+    )
+    cam_mode: Literal["cached", "online"] = Field(
+        "cached",
+        description="cached: CAMs of the un-augmented images, once per fold; online: "
+        "recomputed on every augmented batch",
+    )
+    cam_target: Literal["predicted", "true"] = Field(
+        "predicted", description="the class whose CAM is taken: predicted or true centre"
+    )
+
+    @property
+    def masks(self) -> bool:
+        """Whether any sample is masked (p > 0): only then does a trial need its fold's centre
+        classifier and CAMs (the baseline p = 0 does not)."""
+        return self.p > 0
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(300, ge=1)
-    batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    amp: Literal["auto", "on", "off"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
+    batch_size: int = Field(4, ge=1, description="frames per batch (paper: 4)")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate (paper: 1e-5)")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (authors' code: 0.01)")
+    amp: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 autocast; auto: on GPUs with native bf16"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA where the trial was granted a GPU, else the CPU"
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader workers of the loader data path")
     data_path: Literal["auto", "device", "loader"] = Field(
         "auto", description="device: batches augmented on the GPU (auto on CUDA); loader: CPU"
     )
     checkpoint_every: int = Field(10, ge=1, description="epochs between periodic checkpoints")
-    augment: AugmentConfig = AugmentConfig()
+    augment: AugmentConfig = Field(AugmentConfig(), description="training augmentations")
 
 
 class FaultConfig(Strict):
@@ -168,14 +207,14 @@ class FaultConfig(Strict):
 class TrialConfig(Strict):
     """Everything one segmentation trial needs; written next to every result."""
 
-    held_out_centre: int = Field(1, ge=1)
-    seed: int = 0
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    classifier: ClassifierConfig = ClassifierConfig()
-    masking: MaskingConfig = MaskingConfig()
-    train: TrainConfig = TrainConfig()
-    fault: FaultConfig = FaultConfig()
+    held_out_centre: int = Field(1, ge=1, description="the out-of-distribution test centre")
+    seed: int = Field(0, description="the trial's seed: weights, shuffles, augmentations, masks")
+    data: DataConfig = Field(DataConfig(), description="the dataset and its split")
+    model: ModelConfig = Field(ModelConfig(), description="the segmentation model")
+    classifier: ClassifierConfig = Field(ClassifierConfig(), description="the centre classifier")
+    masking: MaskingConfig = Field(MaskingConfig(), description="CAM-guided masking")
+    train: TrainConfig = Field(TrainConfig(), description="training settings")
+    fault: FaultConfig = Field(FaultConfig(), description="reliability tests only; inert")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -206,6 +245,31 @@ def set_by_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
     node[leaf] = value
+
+
+def config_field(dotted: str, model: type[BaseModel] | None = None) -> FieldInfo:
+    """The pydantic field behind a dotted trial-config key (e.g. ``masking.p``): its type,
+    default and description, for generated CLI flags and help."""
+    model = model or TrialConfig
+    head, _, rest = dotted.partition(".")
+    if head not in model.model_fields:
+        raise KeyError(f"{dotted!r}: no key {head!r} in {model.__name__}")
+    field = model.model_fields[head]
+    return config_field(rest, field.annotation) if rest else field
+
+
+def with_axis_values(
+    base: dict[str, Any], keys: dict[str, str], values: dict[str, Any]
+) -> TrialConfig:
+    """The one road from a sweep's axis values to a trial config, used by spec validation and by
+    the trainable: ``base`` (the sweep's shared trial settings) with each axis value set at its
+    dotted key (``keys``: axis name → key, the search-space registry). Values of names that are
+    not axes (Tune's own entries) are ignored."""
+    raw = json.loads(json.dumps(base))  # a deep copy of plain data
+    for name, value in values.items():
+        if name in keys:
+            set_by_path(raw, keys[name], value)
+    return TrialConfig.model_validate(raw)
 
 
 def load_trial_config(

@@ -1,6 +1,6 @@
 """One epoch of training and one evaluation pass — plain functions, no Ray, no W&B.
 
-The CAM masking of DESIGN §1 enters here as an :class:`Occluder`: per batch it turns the CAM
+The paper's CAM-guided masking enters here as an :class:`Occluder`: per batch it turns the CAM
 (cached with the sample, or recomputed online from the frozen centre classifier) into the
 multiplicative occlusion factor that the model applies to its input (UNet, DeepLabV3+) or to its
 anatomy representation (SDNet).
@@ -159,7 +159,7 @@ def train_one_epoch(
         batch = runtime.to_device(batch)
         x, y = batch["image"], batch["mask"]
         occlusion = None
-        if occluder is not None and occluder.masking.p > 0:
+        if occluder is not None and occluder.masking.masks:
             occlusion, selected = occluder(batch)
             masked += selected.sum()
             masked_px += (1 - occlusion).float().mean() * x.shape[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainables.cam import GradCAM, binarize
+from trainables.cam import MASK_MODES, GradCAM, binarize
 from trainables.classifier import FoldArtifacts
 from trainables.config import TrialConfig
 from trainables.data.augment import denormalize
@@ -55,7 +55,7 @@ def example_strips(
     else:
         cams = torch.zeros_like(probs)
     binary = binarize(cams, cfg.masking.threshold)
-    factor = binary if cfg.masking.mode == "keep" else 1 - binary
+    factor = MASK_MODES[cfg.masking.mode](binary)
     if fold is None:
         factor = torch.ones_like(factor)
     strips = []

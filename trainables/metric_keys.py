@@ -5,8 +5,8 @@ Trials report them (to Tune, W&B and results.json); status, export and dashboard
 
 from __future__ import annotations
 
-from trainables.metrics import METRIC_NAMES
-
+# Per-image segmentation metrics (trainables.metrics computes them), in report order.
+METRIC_NAMES = ("dice", "recall", "accuracy", "iou", "precision")
 EPOCH = "epoch"
 TRAIN_LOSS = "train/loss"
 TRAIN_MASKED_FRACTION = "train/masked_fraction"  # share of samples selected for masking (≈ p)

@@ -17,8 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-METRIC_NAMES = ("dice", "recall", "accuracy", "iou", "precision")
-
 PROB_THRESHOLD = 0.5
 
 

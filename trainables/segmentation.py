@@ -7,9 +7,7 @@ so they sit in the object store once and every trial on a node reads them withou
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,105 +19,17 @@ import torch
 from ray import tune
 
 from trainables.checkpoint import first_loadable
-from trainables.config import TrialConfig, set_by_path
+from trainables.config import TrialConfig, with_axis_values
 from trainables.data.cache import DecodedData
 from trainables.data.source import fold_split
 from trainables.engine import Runtime
 from trainables.examples import PANELS, example_strips
-from trainables.trial import (
-    BEST_FILE,
-    PER_IMAGE_FILE,
-    STATE_FILE,
-    InjectedFault,
-    needs_fold,
-    run_segmentation,
-)
+from trainables.run_files import BEST_FILE, PER_IMAGE_FILE, STATE_FILE
+from trainables.trial import InjectedFault, run_segmentation
+from trainables.wandb_runs import TrialLogger, wandb_run_id
 
 log = logging.getLogger("camsweep.trial")
 EXAMPLES_PER_SPLIT = 3
-
-
-class TrialLogger:
-    """The trial's W&B run. Every call is guarded: a W&B error or outage disables logging for
-    this trial (with a warning) and never fails or blocks it — Tune's own results are the
-    record. An online run that cannot start within ``init_timeout_s`` falls back to offline, so
-    its metrics are kept for a later ``camsweep wandb-sync``."""
-
-    def __init__(self, settings: dict[str, Any] | None, run_id: str, cfg: TrialConfig):
-        self.run = None
-        if not settings or settings.get("mode") == "disabled":
-            return
-        import wandb
-
-        kwargs = wandb_init_kwargs(settings, run_id, cfg.model.arch)
-        kwargs.update(
-            tags=[f"C{cfg.held_out_centre}", f"p={cfg.masking.p:g}"], config=cfg.to_dict()
-        )
-        for mode in dict.fromkeys([settings["mode"], "offline"]):
-            try:
-                self.run = wandb.init(**{**kwargs, "mode": mode})
-                break
-            except Exception as exc:  # noqa: BLE001 — any W&B failure must leave the trial alone
-                log.warning("W&B %s run for %s failed to start (%s)", mode, run_id, exc)
-        if self.run is not None:
-            self._guard(self._define_metrics)
-
-    def _define_metrics(self) -> None:
-        self.run.define_metric("epoch")
-        self.run.define_metric("*", step_metric="epoch")
-        self.run.define_metric("val/dice", step_metric="epoch", summary="max")
-
-    def _guard(self, fn, *args) -> None:
-        if self.run is None:
-            return
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("W&B logging disabled for this trial: %s", exc)
-            self.run = None
-
-    def log(self, metrics: dict[str, float]) -> None:
-        self._guard(self.run.log if self.run else None, dict(metrics))
-
-    def log_final(self, metrics: dict[str, float], examples, per_image_table) -> None:
-        def final() -> None:
-            import wandb
-
-            for key, value in metrics.items():
-                if key.startswith(("test_in/", "test_out/", "best/")):
-                    self.run.summary[key] = value
-            images = [
-                wandb.Image(strip, caption=f"{caption} — " + " | ".join(PANELS))
-                for caption, strip in examples
-            ]
-            if images:
-                self.run.log({"examples": images, "epoch": metrics.get("epoch", 0)})
-            columns, rows = per_image_table
-            self.run.log({"per_image": wandb.Table(columns=columns, data=rows)})
-
-        self._guard(final)
-
-    def finish(self) -> None:
-        self._guard(self.run.finish if self.run else None)
-        try:  # stop wandb's service now: Ray ends the worker abruptly, which it logs as an error
-            import wandb
-
-            wandb.teardown()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def resolve_trial_config(base: dict[str, Any], axes: dict[str, str], config: dict[str, Any]):
-    """Applies the trial's axis values (axis name → value) to the sweep's base trial config."""
-    raw = _deep_copy(base)
-    for name, value in config.items():
-        if name in axes:
-            set_by_path(raw, axes[name], value)
-    return TrialConfig.model_validate(raw)
-
-
-def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
 def train_segmentation(
@@ -134,14 +44,14 @@ def train_segmentation(
     """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch."""
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
-    cfg = resolve_trial_config(base, axes, config)
+    cfg = with_axis_values(base, axes, config)
     runtime = Runtime.from_config(cfg.train, granted_gpus=resources.get("GPU", 0))
     sweep = (wandb_settings or {}).get("group", "camsweep")
     tracker = TrialLogger(wandb_settings, wandb_run_id(sweep, context.get_trial_id()), cfg)
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     split = fold_split(data, cfg.data, cfg.held_out_centre)
     fold = None
-    if needs_fold(cfg):
+    if cfg.masking.masks:
         ref = folds.get(cfg.held_out_centre)
         if ref is None:
             raise RuntimeError(f"no fold artefacts were prepared for C{cfg.held_out_centre}")
@@ -186,6 +96,7 @@ def train_segmentation(
                 result.metrics,
                 _examples(cfg, result.model, data, split, fold, runtime),
                 _per_image_table(trial_dir, data),
+                list(PANELS),
             )
     finally:
         tracker.finish()
@@ -234,34 +145,6 @@ def _resume_dir(checkpoint, work: Path) -> Path | None:
     elif chosen != latest:
         log.warning("latest checkpoint %s is corrupted: resuming from %s", stored, chosen)
     return chosen
-
-
-def wandb_init_kwargs(settings: dict[str, Any], run_id: str, job_type: str) -> dict[str, Any]:
-    """``wandb.init`` arguments shared by trial, fold and summary runs of one sweep."""
-    import wandb
-
-    return dict(
-        project=settings["project"],
-        entity=settings.get("entity"),
-        id=run_id,
-        resume="allow",
-        dir=settings["dir"],
-        group=settings["group"],
-        job_type=job_type,
-        mode=settings["mode"],
-        reinit="finish_previous",
-        settings=wandb.Settings(
-            init_timeout=settings.get("init_timeout_s", 30), console="off", silent=True
-        ),
-    )
-
-
-def wandb_run_id(sweep: str, trial_id: str) -> str:
-    """Deterministic W&B run id of a trial: a retried or resumed trial continues its run."""
-    raw = f"{sweep}-{trial_id}"
-    safe = re.sub(r"[^A-Za-z0-9_-]", "-", raw)
-    # W&B caps ids; keep a readable prefix and a hash of the whole when too long.
-    return safe if len(safe) <= 64 else f"{safe[:50]}-{hashlib.sha1(raw.encode()).hexdigest()[:12]}"
 
 
 def _examples(

@@ -10,10 +10,11 @@ written to the trial folder (resolved config, split CSV, per-image metrics, resu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,35 +22,28 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader
 
 from trainables import metric_keys as K
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.classifier import FoldArtifacts, prepare_fold
 from trainables.config import TrialConfig
-from trainables.data.augment import build_train_transform
+from trainables.data.batches import BatchSource
 from trainables.data.cache import DecodedData
-from trainables.data.dataset import SegmentationDataset
-from trainables.data.device_loader import DeviceBatches, DeviceData
 from trainables.data.source import fold_split, prepare_data
 from trainables.data.splits import FoldSplit
 from trainables.engine import Occluder, Runtime, evaluate, seed_everything, train_one_epoch
 from trainables.models import SegmentationNet, build_model
+from trainables.run_files import (
+    BEST_FILE,
+    CONFIG_FILE,
+    PER_IMAGE_FILE,
+    RESULTS_FILE,
+    SPLIT_FILE,
+    STATE_FILE,
+)
 
 # report(metrics, checkpoint_dir or None) — Tune's `tune.report` in a sweep, a printer in the CLI.
 Reporter = Callable[[dict[str, float], Path | None], None]
-STATE_FILE, BEST_FILE = "state.pt", "best.pt"
-RESULTS_FILE, PER_IMAGE_FILE, CONFIG_FILE, SPLIT_FILE = (
-    "results.json",
-    "per_image.npz",
-    "config.yaml",
-    "split.csv",
-)
-
-
-def needs_fold(cfg: TrialConfig) -> bool:
-    """Whether the trial needs the centre classifier (the baseline p = 0 does not)."""
-    return cfg.masking.p > 0
 
 
 @dataclass
@@ -58,73 +52,6 @@ class TrialResult:
     history: list[dict[str, float]]
     out_dir: Path
     model: SegmentationNet | None = None  # best-validation weights; None when results were stored
-
-
-def _loader(ds: SegmentationDataset, cfg: TrialConfig, runtime: Runtime, **kw: Any) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_size=cfg.train.batch_size,
-        num_workers=cfg.train.num_workers,
-        # Pinned only when training on a GPU: pinning opens a CUDA context even for CPU trials.
-        pin_memory=runtime.device.type == "cuda",
-        **kw,
-    )
-
-
-class DataPath:
-    """Where batches come from. ``device``: the decoded frames (and CAMs) live on the training
-    device and whole batches are augmented there (the fast path; default on CUDA). ``loader``:
-    per-sample albumentations in a DataLoader (default on CPU). Same augmentation semantics."""
-
-    def __init__(self, cfg: TrialConfig, data, split: FoldSplit, labels, cams, runtime: Runtime):
-        self.cfg, self.data, self.split, self.labels, self.cams = cfg, data, split, labels, cams
-        self.runtime = runtime
-        choice = cfg.train.data_path
-        self.on_device = choice == "device" or (choice == "auto" and runtime.device.type == "cuda")
-        if self.on_device:
-            self.device_data = DeviceData.from_decoded(data, runtime.device)
-            self.train_batches = DeviceBatches(
-                self.device_data,
-                split.train,
-                batch_size=cfg.train.batch_size,
-                augment=cfg.train.augment,
-                centre_labels=labels,
-                cams=cams,
-                shuffle=True,
-                drop_last=True,  # as the authors' loader: never a one-image training batch
-            )
-
-    def train(self, seed: int):
-        if self.on_device:
-            self.train_batches.reseed(seed)
-            return self.train_batches
-        ds = SegmentationDataset(
-            self.data,
-            self.split.train,
-            build_train_transform(self.cfg.train.augment, seed=seed),
-            centre_labels=self.labels,
-            cams=self.cams,
-        )
-        return _loader(
-            ds,
-            self.cfg,
-            self.runtime,
-            shuffle=True,
-            drop_last=True,  # as the authors' loader: never a one-image training batch
-            generator=torch.Generator().manual_seed(seed),
-        )
-
-    def eval(self, name: str):
-        indices = self.split.indices(name)
-        if self.on_device:
-            return DeviceBatches(
-                self.device_data,
-                indices,
-                batch_size=self.cfg.train.batch_size,
-                centre_labels=self.labels,
-            )
-        ds = SegmentationDataset(self.data, indices, centre_labels=self.labels)
-        return _loader(ds, self.cfg, self.runtime)
 
 
 def restore_training_state(
@@ -205,21 +132,76 @@ def run_segmentation(
     if split.held_out != cfg.held_out_centre:
         raise ValueError(f"split is for C{split.held_out}, config for C{cfg.held_out_centre}")
     check_split(split, cfg.train.batch_size)
-    if needs_fold(cfg) and fold is None:
+    if cfg.masking.masks and fold is None:
         raise ValueError(f"masking.p = {cfg.masking.p} needs the fold's CAMs and classifier")
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = checkpoint_dir or out_dir / "checkpoint"
     _write_provenance(cfg, data, split, out_dir)
-    stored = _finished_results(resume_dir, cfg)
-    if stored is not None:
-        # The trial had finished (its final checkpoint carries the results) but the driver died
-        # before recording it: hand back the stored results instead of evaluating again.
-        for name in (RESULTS_FILE, PER_IMAGE_FILE):
-            shutil.copyfile(resume_dir / name, out_dir / name)
+    found = _finished_results(resume_dir, out_dir, cfg)
+    if found is not None:
+        # The trial had finished but the driver died before recording it: hand back the stored
+        # results instead of training or evaluating again.
+        folder, stored = found
+        if folder != out_dir:
+            for name in (RESULTS_FILE, PER_IMAGE_FILE):
+                shutil.copyfile(folder / name, out_dir / name)
         if report is not None:
             report(stored["metrics"], None)
         return TrialResult(stored["metrics"], stored["history"], out_dir)
-    runtime = runtime or Runtime.from_config(cfg.train)
+    parts = build_trial(cfg, data, split, fold, runtime or Runtime.from_config(cfg.train))
+    progress = Progress()
+    if resume_dir is not None:
+        progress = restore_progress(resume_dir, ckpt_dir, parts)
+    trial_start = time.perf_counter()
+    train_epochs(cfg, parts, progress, ckpt_dir, report, resumed=resume_dir is not None)
+    final = finalise(cfg, parts, progress, ckpt_dir, out_dir, time.perf_counter() - trial_start)
+    results = {
+        "config": cfg.to_dict(),
+        "metrics": final,
+        "history": progress.history,
+        "dataset_hash": data.dataset_hash,
+        "fold": None if fold is None else {"key": fold.key, "classifier": fold.metrics},
+        "provenance": provenance or {},
+    }
+    # Written whole or not at all: its presence is what marks the trial finished.
+    tmp = out_dir / f".{RESULTS_FILE}.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out_dir / RESULTS_FILE)
+    # The final checkpoint carries the results, so a resumed sweep never re-runs a finished trial.
+    for name in (RESULTS_FILE, PER_IMAGE_FILE):
+        shutil.copyfile(out_dir / name, ckpt_dir / name)
+    if report is not None:
+        report(final, ckpt_dir)
+    return TrialResult(final, progress.history, out_dir, parts.model)
+
+
+@dataclass
+class TrialParts:
+    """What a trial trains with, built once: model, optimiser, masking and batches."""
+
+    model: SegmentationNet
+    optimizer: torch.optim.Optimizer
+    occluder: Occluder | None  # None for the baseline (p = 0)
+    batches: BatchSource
+    eval_sets: dict[str, Any]  # split name → its evaluation batches (non-empty splits only)
+    runtime: Runtime
+
+
+@dataclass
+class Progress:
+    """Where training stands; restored from a checkpoint on resume."""
+
+    next_epoch: int = 1
+    best_dice: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_trial(
+    cfg: TrialConfig, data: DecodedData, split: FoldSplit, fold: FoldArtifacts | None, runtime
+) -> TrialParts:
+    """Seeds, builds the model and optimiser, the masking (cached or online CAMs) and the
+    batch source of this fold."""
     seed_everything(cfg.seed)
     model = runtime.prepare_model(
         build_model(
@@ -232,9 +214,8 @@ def run_segmentation(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    labels = split.centre_labels(data.centres)
     cams, occluder = None, None
-    if needs_fold(cfg):
+    if cfg.masking.masks:
         if not np.array_equal(fold.train_indices, split.train):
             raise ValueError("fold artefacts were computed for a different training split")
         online = cfg.masking.cam_mode == "online"
@@ -246,31 +227,44 @@ def run_segmentation(
             classifier=classifier,
             target_layer=classifier.target_layer if online else None,
         )
-    data_path = DataPath(cfg, data, split, labels, cams, runtime)
-    eval_sets = {name: data_path.eval(name) for name in K.SPLITS if len(split.indices(name))}
+    labels = split.centre_labels(data.centres)
+    batches = BatchSource(cfg.train, data, split, labels, cams, runtime.device)
+    eval_sets = {name: batches.eval(name) for name in K.SPLITS if len(split.indices(name))}
+    return TrialParts(model, optimizer, occluder, batches, eval_sets, runtime)
 
-    start_epoch, best_dice, best_epoch, history = 1, -1.0, 0, []
-    if resume_dir is not None:
-        state = restore_training_state(resume_dir / STATE_FILE, model, optimizer)
-        start_epoch, best_dice, best_epoch = (
-            state["epoch"] + 1,
-            state["best_dice"],
-            state["best_epoch"],
-        )
-        history = state["history"]
-        if (resume_dir / BEST_FILE).exists() and resume_dir != ckpt_dir:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            (ckpt_dir / BEST_FILE).write_bytes((resume_dir / BEST_FILE).read_bytes())
 
-    trial_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+def restore_progress(resume_dir: Path, ckpt_dir: Path, parts: TrialParts) -> Progress:
+    """Loads the checkpoint's weights and optimiser state into ``parts``; carries its best
+    weights over to the new checkpoint folder."""
+    state = restore_training_state(resume_dir / STATE_FILE, parts.model, parts.optimizer)
+    if (resume_dir / BEST_FILE).exists() and resume_dir != ckpt_dir:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / BEST_FILE).write_bytes((resume_dir / BEST_FILE).read_bytes())
+    return Progress(state["epoch"] + 1, state["best_dice"], state["best_epoch"], state["history"])
+
+
+def train_epochs(
+    cfg: TrialConfig,
+    parts: TrialParts,
+    progress: Progress,
+    ckpt_dir: Path,
+    report: Reporter | None,
+    *,
+    resumed: bool,
+) -> None:
+    """The epoch loop: train → validate → keep the best weights → checkpoint → report (every
+    epoch but the last, whose report carries the test results)."""
+    model, occluder = parts.model, parts.occluder
+    for epoch in range(progress.next_epoch, cfg.train.epochs + 1):
         seed = _epoch_seed(cfg, epoch)
-        train_loader = data_path.train(seed)
+        train_loader = parts.batches.train(seed)
         if occluder is not None:
             occluder.generator.manual_seed(_masking_seed(seed))
-        _inject_fault(cfg, epoch, model, resumed=resume_dir is not None)
-        stats = train_one_epoch(model, train_loader, optimizer, runtime, occluder=occluder)
-        val = evaluate(model, eval_sets["val"], runtime)
+        _inject_fault(cfg, epoch, model, resumed=resumed)
+        stats = train_one_epoch(
+            model, train_loader, parts.optimizer, parts.runtime, occluder=occluder
+        )
+        val = evaluate(model, parts.eval_sets["val"], parts.runtime)
         metrics = {
             K.EPOCH: epoch,
             K.TRAIN_LOSS: stats.loss,
@@ -282,12 +276,13 @@ def run_segmentation(
             **{K.train_part_key(k): v for k, v in stats.parts.items()},
             **K.split_metrics("val", val.mean),
         }
-        improved = val.mean["dice"] > best_dice
+        improved = val.mean["dice"] > progress.best_dice
         if improved:
-            best_dice, best_epoch = val.mean["dice"], epoch
+            progress.best_dice, progress.best_epoch = val.mean["dice"], epoch
             save_checkpoint(ckpt_dir / BEST_FILE, {"model": model.state_dict(), "epoch": epoch})
-        metrics[K.BEST_VAL_DICE], metrics[K.BEST_EPOCH] = best_dice, best_epoch
-        history.append(metrics)
+        metrics[K.BEST_VAL_DICE], metrics[K.BEST_EPOCH] = progress.best_dice, progress.best_epoch
+        progress.history.append(metrics)
+        progress.next_epoch = epoch + 1
         last = epoch == cfg.train.epochs
         checkpointed = improved or last or epoch % cfg.train.checkpoint_every == 0
         if checkpointed:
@@ -295,37 +290,33 @@ def run_segmentation(
                 ckpt_dir / STATE_FILE,
                 {
                     "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": parts.optimizer.state_dict(),
                     "epoch": epoch,
-                    "best_dice": best_dice,
-                    "best_epoch": best_epoch,
-                    "history": history,
+                    "best_dice": progress.best_dice,
+                    "best_epoch": progress.best_epoch,
+                    "history": progress.history,
                 },
             )
         if report is not None and not last:
             report(metrics, ckpt_dir if checkpointed else None)
 
-    # Last epoch's training figures, then every split's metrics from the *best* checkpoint (the
-    # last epoch's val/* would otherwise sit next to test scores of another checkpoint).
-    final = {**(history[-1] if history else {})}
-    final.update(_test_best(model, ckpt_dir, eval_sets, runtime, out_dir))
-    final.update({K.BEST_VAL_DICE: best_dice, K.BEST_EPOCH: best_epoch})
-    final[K.TRIAL_SECONDS] = time.perf_counter() - trial_start
-    results = {
-        "config": cfg.to_dict(),
-        "metrics": final,
-        "history": history,
-        "dataset_hash": data.dataset_hash,
-        "fold": None if fold is None else {"key": fold.key, "classifier": fold.metrics},
-        "provenance": provenance or {},
-    }
-    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-    # The final checkpoint carries the results, so a resumed sweep never re-runs a finished trial.
-    for name in (RESULTS_FILE, PER_IMAGE_FILE):
-        shutil.copyfile(out_dir / name, ckpt_dir / name)
-    if report is not None:
-        report(final, ckpt_dir)
-    return TrialResult(final, history, out_dir, model)
+
+def finalise(
+    cfg: TrialConfig,
+    parts: TrialParts,
+    progress: Progress,
+    ckpt_dir: Path,
+    out_dir: Path,
+    seconds: float,
+) -> dict[str, float]:
+    """The trial's final metrics: the last epoch's training figures, then every split's metrics
+    from the *best* checkpoint (the last epoch's val/* would otherwise sit next to test scores
+    of another checkpoint)."""
+    final = {**(progress.history[-1] if progress.history else {})}
+    final.update(_test_best(parts.model, ckpt_dir, parts.eval_sets, parts.runtime, out_dir))
+    final.update({K.BEST_VAL_DICE: progress.best_dice, K.BEST_EPOCH: progress.best_epoch})
+    final[K.TRIAL_SECONDS] = seconds
+    return final
 
 
 class InjectedFault(RuntimeError):
@@ -347,12 +338,23 @@ def _inject_fault(cfg: TrialConfig, epoch: int, model, resumed: bool) -> None:
             p.fill_(float("nan"))
 
 
-def _finished_results(resume_dir: Path | None, cfg: TrialConfig) -> dict[str, Any] | None:
-    """The stored results of a finished trial with this exact config, if the checkpoint has them."""
-    if resume_dir is None or not (resume_dir / RESULTS_FILE).exists():
+def _finished_results(
+    resume_dir: Path | None, out_dir: Path, cfg: TrialConfig
+) -> tuple[Path, dict[str, Any]] | None:
+    """Where a resumed trial's results already are, if it had finished with this exact config:
+    in the checkpoint resumed from (the final checkpoint carries them) or in the trial folder
+    itself — the driver can die after the trial wrote its results but before Tune recorded its
+    final checkpoint, and Tune then resumes it from an earlier one."""
+    if resume_dir is None:
         return None
-    stored = json.loads((resume_dir / RESULTS_FILE).read_text())
-    return stored if stored["config"] == cfg.to_dict() else None
+    for folder in (resume_dir, out_dir):
+        try:
+            stored = json.loads((folder / RESULTS_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if stored.get("config") == cfg.to_dict() and (folder / PER_IMAGE_FILE).exists():
+            return folder, stored
+    return None
 
 
 def _test_best(
@@ -389,7 +391,7 @@ def prepare_trial_inputs(
     _, data = prepare_data(cfg.data, held_out=[cfg.held_out_centre])
     split = fold_split(data, cfg.data, cfg.held_out_centre)
     check_split(split, cfg.train.batch_size)
-    if not (with_fold or needs_fold(cfg)):
+    if not (with_fold or cfg.masking.masks):
         return data, split, None, False
     fold, reused = prepare_trial_fold(cfg, data, split, fold_cache)
     return data, split, fold, reused

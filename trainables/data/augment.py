@@ -1,4 +1,4 @@
-"""Training augmentations of DESIGN §1, built with albumentations.
+"""The paper's training augmentations (rotation, flips, colour jitter), built with albumentations.
 
 Geometric transforms (rotation, horizontal and vertical flips) move the image, the polyp mask and
 the cached CAM together — the CAM is registered as an extra *mask* target so it follows the same
@@ -12,22 +12,11 @@ from __future__ import annotations
 import albumentations as A
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+
+from trainables.config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class AugmentConfig(BaseModel):
-    """Training-only augmentation settings (paper defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rotate_p: float = Field(0.5, ge=0, le=1)
-    rotate_limit: float = Field(90.0, ge=0, le=180, description="max rotation, degrees")
-    hflip_p: float = Field(0.5, ge=0, le=1)
-    vflip_p: float = Field(0.5, ge=0, le=1)
-    color_jitter_p: float = Field(0.3, ge=0, le=1)
 
 
 # x' = (x - 255·mean) / (255·std) = x·scale + shift, per channel.

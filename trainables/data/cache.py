@@ -29,8 +29,16 @@ from trainables.data.polypgen import DatasetError, Manifest
 CACHE_FORMAT = 1  # bump when the array layout or decoding changes
 
 
+def cache_root() -> Path:
+    """camsweep's per-machine cache (``CAMSWEEP_CACHE``, default ``~/.cache/camsweep``): decoded
+    datasets, generated synthetic data, fold artefacts of remote-storage sweeps, local mirrors
+    of remote runs."""
+    return Path(os.environ.get("CAMSWEEP_CACHE", "~/.cache/camsweep")).expanduser()
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CAMSWEEP_CACHE", "~/.cache/camsweep")).expanduser() / "decoded"
+    """Where decoded datasets are cached unless ``data.cache_dir`` says otherwise."""
+    return cache_root() / "decoded"
 
 
 @dataclass

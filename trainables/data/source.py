@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from trainables.config import DataConfig
-from trainables.data.cache import DecodedData, default_cache_dir, load_or_build
+from trainables.data.cache import DecodedData, cache_root, load_or_build
 from trainables.data.polypgen import DatasetError, Manifest, scan_polypgen
 from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.data.synthetic import MANIFEST_NAME, generate, parse_size
@@ -21,7 +21,7 @@ def synthetic_root(cfg: DataConfig) -> Path:
         return Path(cfg.root).expanduser()
     args = cfg.synthetic.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
-    base = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir().parent
+    base = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root()
     return base / "synthetic" / digest
 
 

@@ -1,32 +1,33 @@
-"""Segmentation models (UNet, DeepLabV3+, SDNet) and the centre classifier."""
+"""Segmentation models (UNet, DeepLabV3+, SDNet) and the centre classifier.
+
+Names (``MODEL_NAMES``, ``VARIANTS``, ``CLASSIFIER_ARCHS``) come from the torch-free
+:mod:`trainables.models.registry`; everything else is imported on first use (PEP 562), so that
+validating a config or reading a run does not load torch.
+"""
 
 from __future__ import annotations
 
-from trainables.models.base import OCCLUSION_TARGETS, SegmentationNet, match_occlusion
-from trainables.models.centre_classifier import (
-    CLASSIFIER_ARCHS,
-    CentreClassifier,
-    SobelMagnitude,
-    build_centre_classifier,
-)
-from trainables.models.registry import MODEL_NAMES, MODEL_REGISTRY, VARIANTS, build_model
-from trainables.models.sdnet import SDNet
-from trainables.models.smp_models import SmpSegmentationNet
-from trainables.models.weights import load_weights_file
+import importlib
+from typing import Any
 
-__all__ = [
-    "CLASSIFIER_ARCHS",
-    "MODEL_NAMES",
-    "MODEL_REGISTRY",
-    "OCCLUSION_TARGETS",
-    "VARIANTS",
-    "CentreClassifier",
-    "SDNet",
-    "SegmentationNet",
-    "SmpSegmentationNet",
-    "SobelMagnitude",
-    "build_centre_classifier",
-    "build_model",
-    "load_weights_file",
-    "match_occlusion",
-]
+from trainables.models.registry import CLASSIFIER_ARCHS, MODEL_NAMES, VARIANTS, build_model
+
+_LAZY = {
+    "OCCLUSION_TARGETS": "trainables.models.base",
+    "SegmentationNet": "trainables.models.base",
+    "match_occlusion": "trainables.models.base",
+    "CentreClassifier": "trainables.models.centre_classifier",
+    "SobelMagnitude": "trainables.models.centre_classifier",
+    "build_centre_classifier": "trainables.models.centre_classifier",
+    "SDNet": "trainables.models.sdnet",
+    "SmpSegmentationNet": "trainables.models.smp_models",
+    "load_weights_file": "trainables.models.weights",
+}
+
+__all__ = ["CLASSIFIER_ARCHS", "MODEL_NAMES", "VARIANTS", "build_model", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -15,18 +15,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from trainables.models.registry import CLASSIFIER_ARCHS
 from trainables.models.weights import is_weights_path, load_weights_file
 
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # ITU-R BT.601 luma, as in OpenCV's RGB -> gray.
 LUMA = (0.299, 0.587, 0.114)
 
-# Per arch: the torchvision constructor and its ImageNet weights enum.
-CLASSIFIER_ARCHS: dict[str, tuple[Callable[..., tvm.ResNet], type[tvm.WeightsEnum]]] = {
-    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights),
-    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights),
-    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights),
-}
+
+def _torchvision_resnet(arch: str) -> tuple[Callable[..., tvm.ResNet], type[tvm.WeightsEnum]]:
+    """The torchvision constructor of ``resnetNN`` and its ImageNet weights enum."""
+    return getattr(tvm, arch), getattr(tvm, f"ResNet{arch.removeprefix('resnet')}_Weights")
 
 
 class SobelMagnitude(nn.Module):
@@ -108,7 +107,7 @@ def build_centre_classifier(
         raise ValueError(f"unknown classifier arch {arch!r}; valid: {', '.join(CLASSIFIER_ARCHS)}")
     if num_classes < 2:
         raise ValueError(f"a centre classifier needs at least 2 classes, got {num_classes}")
-    factory, weights_enum = CLASSIFIER_ARCHS[arch]
+    factory, weights_enum = _torchvision_resnet(arch)
     local = weights is not None and is_weights_path(weights)
     if weights is None or local:
         backbone = factory(weights=None)

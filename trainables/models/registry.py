@@ -1,23 +1,45 @@
-"""Segmentation models by name."""
+"""Models by name: the one list of valid names, torch-free (builders import their module on
+first use), so configs validate without loading torch."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainables.models.base import SegmentationNet
-from trainables.models.sdnet import build_sdnet
-from trainables.models.smp_models import build_deeplabv3plus, build_unet
+if TYPE_CHECKING:
+    from trainables.models.base import SegmentationNet
+
+
+def _unet(*args: Any, **kw: Any) -> SegmentationNet:
+    from trainables.models.smp_models import build_unet
+
+    return build_unet(*args, **kw)
+
+
+def _deeplabv3plus(*args: Any, **kw: Any) -> SegmentationNet:
+    from trainables.models.smp_models import build_deeplabv3plus
+
+    return build_deeplabv3plus(*args, **kw)
+
+
+def _sdnet(*args: Any, **kw: Any) -> SegmentationNet:
+    from trainables.models.sdnet import build_sdnet
+
+    return build_sdnet(*args, **kw)
+
 
 MODEL_REGISTRY: dict[str, Callable[..., SegmentationNet]] = {
-    "unet": build_unet,
-    "deeplabv3plus": build_deeplabv3plus,
-    "sdnet": build_sdnet,
+    "unet": _unet,
+    "deeplabv3plus": _deeplabv3plus,
+    "sdnet": _sdnet,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
 
 # "paper": the published settings. "tiny": small and fast, for tests and CPU demos at 32-64 px.
 VARIANTS: tuple[str, ...] = ("paper", "tiny")
+
+# Centre classifiers: torchvision ResNets, built by name in `centre_classifier`.
+CLASSIFIER_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")
 
 
 def build_model(
