@@ -25,7 +25,7 @@ from trainables.data.augment import build_train_transform
 from trainables.data.dataset import SegmentationDataset
 from trainables.data.source import prepare_data
 from trainables.data.splits import leave_one_centre_out
-from trainables.engine import Occluder, Runtime, train_one_epoch
+from trainables.engine import Masker, Runtime, train_one_epoch
 from trainables.models import build_model
 
 MODES = ("none", "cached", "online")
@@ -76,25 +76,24 @@ def main() -> None:
             for mode in MODES
         }
 
-        def occluder(mode: str) -> Occluder:
+        def masker(mode: str) -> Masker:
             masking = cfg.masking.model_copy(
                 update={"p": 0.0 if mode == "none" else 0.5, "cam_mode": CAM_MODE[mode]}
             )
-            return Occluder(
+            return Masker(
                 masking,
                 generator=torch.Generator(runtime.device).manual_seed(0),
                 classifier=classifier,
-                target_layer=classifier.target_layer,
             )
 
-        work = cached_masking_work(loaders, occluder("cached"), args.steps, args.repeats)
+        work = cached_masking_work(loaders, masker("cached"), args.steps, args.repeats)
         for arch in ("unet", "deeplabv3plus"):
             model = runtime.prepare_model(build_model(arch, variant=args.variant))
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
             def step_time(mode: str, model=model, optimizer=optimizer) -> float:
                 start = time.perf_counter()
-                train_one_epoch(model, loaders[mode], optimizer, runtime, occluder=occluder(mode))
+                train_one_epoch(model, loaders[mode], optimizer, runtime, masker=masker(mode))
                 return (time.perf_counter() - start) / args.steps
 
             step_time("none")  # warm-up
@@ -139,10 +138,10 @@ def main() -> None:
             )
 
 
-def cached_masking_work(loaders, occluder: Occluder, steps: int, repeats: int) -> float:
+def cached_masking_work(loaders, masker: Masker, steps: int, repeats: int) -> float:
     """Seconds per step that cached masking adds: the CAM carried through the augmentations and
     collated (loader with CAMs minus loader without, paired per repeat), plus turning it into
-    the occlusion factor and applying it to the batch."""
+    the mask_factor factor and applying it to the batch."""
 
     def loader_time(mode: str, passes: int = 5) -> float:
         start = time.perf_counter()
@@ -153,15 +152,15 @@ def cached_masking_work(loaders, occluder: Occluder, steps: int, repeats: int) -
 
     batches = list(loaders["cached"])
     loader_time("cached")  # warm-up
-    extra_data, occlusion = [], []
+    extra_data, mask_factor = [], []
     for _ in range(repeats):
         extra_data.append(loader_time("cached") - loader_time("none"))
         start = time.perf_counter()
         for batch in batches:
-            factor, _ = occluder(batch)
+            factor, _ = masker(batch)
             batch["image"] * factor
-        occlusion.append((time.perf_counter() - start) / len(batches))
-    return max(0.0, float(np.median(extra_data))) + float(np.median(occlusion))
+        mask_factor.append((time.perf_counter() - start) / len(batches))
+    return max(0.0, float(np.median(extra_data))) + float(np.median(mask_factor))
 
 
 if __name__ == "__main__":

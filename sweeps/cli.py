@@ -257,6 +257,7 @@ def export(run_dir: Path, *, wandb: bool = True, **kwargs) -> Path:
     """Export files, the CAM figure and (unless disabled) the W&B summary run."""
     from sweeps.export import export_run
     from sweeps.figures import export_cam_figure
+    from sweeps.recipes import recipe_note
     from sweeps.spec import load_spec
     from sweeps.tracking import log_summary_run, wandb_settings
 
@@ -266,7 +267,7 @@ def export(run_dir: Path, *, wandb: bool = True, **kwargs) -> Path:
     print(f"{note}: {png}" if png else note)
     if wandb:
         spec = load_spec(run_dir / SPEC_FILE, environment=False)
-        log_summary_run(wandb_settings(spec, run_dir.resolve()), report.out_dir)
+        log_summary_run(wandb_settings(spec, run_dir.resolve()), report.out_dir, recipe_note(spec))
     return report.out_dir
 
 

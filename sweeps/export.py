@@ -21,6 +21,7 @@ import yaml
 from sweeps.cost import compute_cost, format_cost, render_cost_csv
 from sweeps.figures import plot_dice_vs_p
 from sweeps.importance import param_importance, render_importance_csv
+from sweeps.recipes import recipe_note
 from sweeps.results import LeftOut, collect_run
 from sweeps.selection import Selection, best_configs, group_settings, ordered_archs, swept_names
 from sweeps.spec import FOLDS_FILE
@@ -114,7 +115,7 @@ def export_run(
 
     folds_file = run.run_dir / FOLDS_FILE
     prep = json.loads(folds_file.read_text()) if folds_file.exists() else {}
-    data_note = split_note(spec, prep.get("frame_level_split", []))
+    data_note = split_note(spec, prep.get("frame_level_split", [])) + " " + recipe_note(spec)
     configs = best_configs(settings, selection, spec)
     write("best_configs.yaml", yaml.safe_dump(configs, sort_keys=False, allow_unicode=True))
     notes += [f"{k}: {v}" for k, v in configs["notes"].items() if v.startswith("not written")]

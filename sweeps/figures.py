@@ -99,7 +99,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     cfg = spec.trial_config({"held_out_centre": centres[0]})
     _, data = prepare_data(cfg.data)
     split = fold_split(data, cfg.data, centres[0])
-    key = fold_key(data, split, cfg.classifier, cfg.masking.cam_target)
+    key = fold_key(data, split, cfg.classifier, cfg.masking.cam)
     folder = spec.fold_cache_root() / f"C{centres[0]}-{key}"
     if not (folder / "meta.json").exists():
         return None, f"no CAM figure: fold artefacts {folder} are gone"

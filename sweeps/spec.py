@@ -20,14 +20,11 @@ from pydantic import Field, ValidationError, field_validator
 from search_spaces.axes import AXES, Axis, parse_axis
 from search_spaces.config import SchedulerConfig, SearchConfig
 from trainables.config import (
-    ClassifierConfig,
+    TRIAL_SECTIONS,
     DataConfig,
-    FaultConfig,
-    MaskingConfig,
-    ModelConfig,
     Strict,
-    TrainConfig,
     TrialConfig,
+    TrialSections,
     format_validation_error,
     with_axis_values,
 )
@@ -111,16 +108,10 @@ class RayConfig(Strict):
     dashboard: bool = Field(False, description="start Ray's dashboard (localhost only)")
 
 
-class SweepSpec(Strict):
+class SweepSpec(TrialSections):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="names the run folder and W&B group"
     )
-    data: DataConfig = Field(DataConfig(), description="the dataset and its split")
-    model: ModelConfig = Field(ModelConfig(), description="the segmentation model")
-    classifier: ClassifierConfig = Field(ClassifierConfig(), description="the centre classifier")
-    masking: MaskingConfig = Field(MaskingConfig(), description="CAM-guided masking")
-    train: TrainConfig = Field(TrainConfig(), description="training settings")
-    fault: FaultConfig = Field(FaultConfig(), description="reliability tests only; inert")
     space: dict[str, Any] = Field(
         default_factory=dict, description="axis name → constant, grid, choice or interval"
     )
@@ -147,8 +138,7 @@ class SweepSpec(Strict):
 
     def base_trial(self) -> dict[str, Any]:
         """The trial config shared by every trial, before the axes are applied."""
-        sections = ("data", "model", "classifier", "masking", "train", "fault")
-        return {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        return {s: getattr(self, s).model_dump(mode="json") for s in TRIAL_SECTIONS}
 
     def trial_config(self, axis_values: dict[str, Any]) -> TrialConfig:
         """The full trial config for one point of the space (axis name → value)."""

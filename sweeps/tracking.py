@@ -188,10 +188,13 @@ def read_wandb_run(path: Path) -> dict[str, Any]:
     return info
 
 
-def log_summary_run(settings: dict[str, Any], export_dir: Path) -> None:
-    """The sweep's summary run: results table, plots, and the exported files as an artefact."""
+def log_summary_run(settings: dict[str, Any], export_dir: Path, recipe: str = "") -> None:
+    """The sweep's summary run: results table, plots, the exported files as an artefact, and
+    ``recipe`` (the spec and where it departs from the paper) in its summary."""
 
     def body(run) -> None:
+        if recipe:
+            run.summary["recipe"] = recipe
         import csv
 
         import wandb

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from pytorch_grad_cam import GradCAM as ReferenceGradCAM
@@ -9,10 +11,11 @@ from torchvision.models import resnet18
 
 from trainables.cam import (
     MASK_MODES,
+    FcCAM,
     GradCAM,
     binarize,
     compute_cams,
-    occlusion_factor,
+    masking_factor,
 )
 
 
@@ -48,6 +51,55 @@ def test_matches_grad_cam_package(classifier: nn.Module, target: list[int] | Non
     if target is None:
         assert torch.equal(cam.last_target, cam.last_logits.argmax(1))
         assert torch.equal(cam.last_logits, classifier(x).detach())
+
+
+def _monai_cam(model: nn.Module, x: torch.Tensor, target, layer: str, fc: str) -> torch.Tensor:
+    """MONAI's CAM — what the authors' released code calls — with the map not flipped: its
+    default post-processing maps (min, max) to (1, 0); camsweep keeps high = relevant."""
+    from monai.transforms import ScaleIntensity
+    from monai.visualize import CAM as ReferenceCAM
+
+    scale = ScaleIntensity(minv=0.0, maxv=1.0)
+    ref = ReferenceCAM(
+        nn_module=copy.deepcopy(model),  # MONAI leaves its hooks on the module it wraps
+        target_layers=layer,
+        fc_layers=fc,
+        postprocessing=lambda maps: torch.stack([scale(m) for m in maps]),
+    )
+    return torch.from_numpy(ref(x, class_idx=target).detach().cpu().numpy())
+
+
+@pytest.mark.parametrize("target", [None, [4, 0, 2]])
+def test_fc_cam_matches_monai(classifier: nn.Module, target: list[int] | None) -> None:
+    x = _images()
+    expected = _monai_cam(classifier, x, target, "layer4", "fc")
+    given = None if target is None else torch.tensor(target)
+    with FcCAM(classifier, classifier.layer4, classifier.fc) as cam:
+        maps = cam(x, given)
+    torch.testing.assert_close(maps, expected.float(), atol=1e-4, rtol=0)
+    # Without the ReLU it is not GradCAM (which keeps only the positive evidence).
+    with GradCAM(classifier, classifier.layer4) as gradcam:
+        assert (gradcam(x, given) - maps).abs().max() > 1e-2
+
+
+def test_centre_classifier_cams_on_rgb_differ_from_sobel_and_match_monai() -> None:
+    from trainables.models import build_centre_classifier
+
+    torch.manual_seed(0)
+    model = build_centre_classifier(5, arch="resnet18").eval()
+    x = _images()
+    with model.explainer("cam", "rgb") as cam:
+        rgb = cam(x)
+    with model.explainer("cam", "sobel") as cam:
+        sobel = cam(x)
+    assert (rgb - sobel).abs().max() > 0.1
+    # rgb: the ResNet on the image itself, as the released code's `cam(imgs)`.
+    expected = _monai_cam(model.backbone, x, None, "layer4", "fc")
+    torch.testing.assert_close(rgb, expected.float(), atol=1e-4, rtol=0)
+    expected = _monai_cam(model, x, None, "backbone.layer4", "backbone.fc")
+    torch.testing.assert_close(sobel, expected.float(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="valid: attribution gradcam, cam, input sobel, rgb"):
+        model.explainer("scorecam", "rgb")
 
 
 def test_non_square_input_matches_reference(classifier: nn.Module) -> None:
@@ -189,24 +241,24 @@ def _random_cams(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_p_one_occludes_exactly_the_binarised_region() -> None:
     cam = _random_cams(6)
-    factor, selected = occlusion_factor(cam, threshold=0.5, p=1.0)
+    factor, selected = masking_factor(cam, threshold=0.5, p=1.0)
     assert selected.all()
     assert torch.equal(factor, 1 - (cam >= 0.5).float())
-    keep, _ = occlusion_factor(cam, threshold=0.3, p=1.0, mode="keep")
+    keep, _ = masking_factor(cam, threshold=0.3, p=1.0, mode="keep")
     assert torch.equal(keep, (cam >= 0.3).float())
 
 
 def test_p_zero_leaves_everything() -> None:
     cam = _random_cams(6)
     for mode in MASK_MODES:
-        factor, selected = occlusion_factor(cam, threshold=0.5, p=0.0, mode=mode)
+        factor, selected = masking_factor(cam, threshold=0.5, p=0.0, mode=mode)
         assert not selected.any()
         assert torch.equal(factor, torch.ones_like(cam))
 
 
 def test_selected_fraction_matches_p_and_unselected_are_ones() -> None:
     cam = _random_cams(4000)
-    factor, selected = occlusion_factor(
+    factor, selected = masking_factor(
         cam, threshold=0.5, p=0.4, generator=torch.Generator().manual_seed(3)
     )
     assert abs(selected.float().mean().item() - 0.4) < 0.03
@@ -214,11 +266,27 @@ def test_selected_fraction_matches_p_and_unselected_are_ones() -> None:
     assert torch.equal(factor[selected], 1 - (cam[selected] >= 0.5).float())
 
 
+def test_per_batch_draw_masks_all_or_none_of_a_batch() -> None:
+    """The authors' released code draws once per batch; the paper's text, once per sample."""
+    generator = torch.Generator().manual_seed(4)
+    batches = [_random_cams(8, seed=s) for s in range(200)]
+    selections = [
+        masking_factor(c, threshold=0.5, p=0.5, draw="per_batch", generator=generator)[1]
+        for c in batches
+    ]
+    assert all(s.all() or not s.any() for s in selections)
+    assert 0.4 < sum(bool(s.all()) for s in selections) / len(selections) < 0.6
+    per_sample = [masking_factor(c, threshold=0.5, p=0.5, generator=generator)[1] for c in batches]
+    assert any(0 < s.sum() < len(s) for s in per_sample)
+    with pytest.raises(ValueError, match="unknown masking draw 'per_epoch'"):
+        masking_factor(batches[0], threshold=0.5, p=0.5, draw="per_epoch")
+
+
 def test_seeded_generator_is_reproducible() -> None:
     cam = _random_cams(64)
-    first = occlusion_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(9))
-    again = occlusion_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(9))
-    other = occlusion_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(10))
+    first = masking_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(9))
+    again = masking_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(9))
+    other = masking_factor(cam, threshold=0.5, p=0.5, generator=torch.Generator().manual_seed(10))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[1], other[1])
 
@@ -237,4 +305,4 @@ def test_seeded_generator_is_reproducible() -> None:
 def test_invalid_arguments_are_rejected(kwargs: dict, message: str) -> None:
     arguments = {"threshold": 0.5, "p": 0.5, "mode": "occlude"} | kwargs
     with pytest.raises(ValueError, match=message):
-        occlusion_factor(_random_cams(2), **arguments)
+        masking_factor(_random_cams(2), **arguments)

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torchvision.models import resnet18, resnet34
 
 from trainables.models import (
+    MASKING_TARGETS,
     MODEL_NAMES,
-    OCCLUSION_TARGETS,
     SDNet,
     SegmentationNet,
     SobelMagnitude,
@@ -30,7 +30,7 @@ def test_tiny_models_train_step(name: str, size: int) -> None:
     torch.manual_seed(0)
     model = build_model(name, variant="tiny")
     assert isinstance(model, SegmentationNet)
-    assert model.occlusion_target in OCCLUSION_TARGETS
+    assert model.masking_target in MASKING_TARGETS
     x, y = _batch(size)
     out = model(x)
     assert out["logits"].shape == (2, 1, size, size)
@@ -58,7 +58,7 @@ def test_unknown_name_and_variant_list_valid_choices() -> None:
 def test_smp_models_occlude_the_input(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name, variant="tiny").eval()
-    assert model.occlusion_target == "input"
+    assert model.masking_target == "input"
     x, _ = _batch(32)
     with torch.no_grad():
         assert torch.equal(model(x)["model_input"], x)
@@ -75,7 +75,7 @@ def test_smp_models_occlude_the_input(name: str) -> None:
 def test_occlusion_with_wrong_shape_is_rejected() -> None:
     model = build_model("unet", variant="tiny")
     x, _ = _batch(32)
-    with pytest.raises(ValueError, match="occlusion"):
+    with pytest.raises(ValueError, match="mask_factor"):
         model(x, torch.ones(3, 1, 32, 32))
 
 
@@ -90,7 +90,7 @@ def test_smp_dice_loss_rewards_correct_predictions() -> None:
 def test_sdnet_occludes_the_anatomy_only() -> None:
     torch.manual_seed(0)
     model = build_model("sdnet", variant="tiny").eval()
-    assert model.occlusion_target == "anatomy"
+    assert model.masking_target == "anatomy"
     x, _ = _batch(32)
     with torch.no_grad():
         plain = model(x)
@@ -223,3 +223,26 @@ def test_loss_is_computed_in_fp32_for_bf16_outputs(name: str) -> None:
     loss, _ = model.loss(low, x, y)
     assert loss.dtype == torch.float32
     assert torch.allclose(loss, reference, rtol=2e-2)
+
+
+def test_authors_variant_is_the_released_code_s_models():
+    """variant authors: the plain UNet from scratch and DeepLabV3+ with ASPP rates 6/12/18 at
+    output stride 16, plain (not separable) ASPP convolutions."""
+    from torch import nn
+
+    from trainables.models.plain_unet import PlainUNet
+
+    unet = build_model("unet", variant="authors")
+    assert isinstance(unet.net, PlainUNet)
+    # 64 → 512 channels, bilinear ups: the classic UNet's 17.26 M parameters.
+    assert sum(p.numel() for p in unet.parameters()) == 17_262_977
+    out = unet(torch.randn(2, 3, 72, 56))  # odd feature sizes are padded back to the skip's
+    assert out["logits"].shape == (2, 1, 72, 56)
+    with pytest.raises(ValueError, match="plain UNet trained from scratch"):
+        build_model("unet", variant="authors", encoder_weights="imagenet")
+    deeplab = build_model("deeplabv3plus", variant="authors")
+    aspp = deeplab.net.decoder.aspp[0]
+    rates = [c[0].dilation[0] for c in list(aspp.convs)[1:4]]
+    assert rates == [6, 12, 18]
+    assert all(isinstance(c[0], nn.Conv2d) and c[0].groups == 1 for c in list(aspp.convs)[1:4])
+    assert build_model("sdnet", variant="authors").__class__.__name__ == "SDNet"

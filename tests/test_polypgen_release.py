@@ -364,7 +364,7 @@ def test_demo_smoke_sweep_on_a_polypgen_named_tree_keeps_patients_whole(
 
 def test_a_fold_artefact_is_keyed_by_its_split_not_only_its_seed(synth_decoded):
     from trainables.classifier import fold_key
-    from trainables.config import ClassifierConfig
+    from trainables.config import CamChoice, ClassifierConfig
 
     data = synth_decoded
     keys = {
@@ -372,8 +372,26 @@ def test_a_fold_artefact_is_keyed_by_its_split_not_only_its_seed(synth_decoded):
             data,
             leave_one_centre_out(data.centres, data.patients, 3, seed=0, scheme=scheme),
             ClassifierConfig(),
-            "predicted",
+            CamChoice(),
         )
         for scheme in ("per_centre", "pooled")
     }
     assert keys["per_centre"] != keys["pooled"]  # a cached classifier is never reused across
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["paper-table1.yaml", "authors-code.yaml"])
+def test_both_recipes_run_as_smoke_sweeps(recipe, release, tmp_path, local_ray):
+    """Each recipe's --smoke version runs end to end on a PolypGen-named tree (one masked
+    trial of one fold, to keep it short) and its table names the recipe."""
+    parent, _ = release
+    raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / recipe).read_text())
+    raw["data"].update(root=str(parent), cache_dir=str(tmp_path / "cache"))
+    raw["storage"] = {"path": str(tmp_path / "results")}
+    raw["tracking"] = {"wandb": {"mode": "disabled"}}
+    raw["space"].update(arch={"grid": ["unet"]}, held_out_centre={"grid": [3]}, p={"grid": [0.5]})
+    spec = tmp_path / recipe
+    spec.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(spec), "--smoke"]) == 0
+    [table] = (tmp_path / "results").glob("*-smoke-*/export/table.md")
+    assert f"Recipe: spec {raw['name']}-smoke" in table.read_text()

@@ -25,7 +25,7 @@ from trainables.data.augment import AugmentConfig
 from trainables.data.batches import BatchSource
 from trainables.data.device_loader import DeviceBatches
 from trainables.data.splits import leave_one_centre_out
-from trainables.engine import Occluder, Runtime, evaluate, train_one_epoch
+from trainables.engine import Masker, Runtime, evaluate, train_one_epoch
 from trainables.models import MODEL_NAMES, build_model
 
 GPU = torch.device("cuda", 0)
@@ -109,11 +109,11 @@ def test_fast_path_steps_stay_on_the_gpu_and_never_wait_for_it(arch, data, monke
         data_path = BatchSource(cfg.train, data, split, labels, cams, runtime.device)
         assert data_path.on_device  # train.data_path auto on a GPU
         assert data_path.device_data.images.device == GPU
-        occluder = Occluder(cfg.masking, generator=torch.Generator(device=GPU))
+        masker = Masker(cfg.masking, generator=torch.Generator(device=GPU))
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
         train = _Counted(data_path.train(seed=1))
         stop = _first_read(lambda b: train_one_epoch(model, b, optimizer, runtime,
-                                                     occluder=occluder), train)  # fmt: skip
+                                                     masker=masker), train)  # fmt: skip
         assert isinstance(stop, DataDependentOutputException)  # the epoch's loss, read once
         assert train.served == len(split.train) // 4  # complete batches only (drop_last)
 
@@ -138,7 +138,7 @@ def test_a_host_wait_inside_the_step_loop_is_caught(data, monkeypatch):
 def test_bf16_autocast_trains_like_fp32(arch, data):
     """The fast path's numerics, with the CPU's bf16 autocast standing in for the GPU's: from the
     same seed, an epoch with masking and the device data path (channels_last, bf16) ends where the
-    fp32 epoch does, and evaluates alike — no dtype clash in the models, losses or occlusion."""
+    fp32 epoch does, and evaluates alike — no dtype clash in the models, losses or mask_factor."""
     rows = np.arange(16)
     cams = np.random.default_rng(0).random((len(rows), 32, 32)).astype(np.float16)
     results = {}
@@ -148,9 +148,9 @@ def test_bf16_autocast_trains_like_fp32(arch, data):
         model = runtime.prepare_model(build_model(arch, variant="tiny"))
         batches = DeviceBatches(data, rows, batch_size=4, augment=AugmentConfig(), cams=cams,
                                 shuffle=True, seed=1)  # fmt: skip
-        occluder = Occluder(MaskingConfig(p=0.5), generator=torch.Generator().manual_seed(2))
+        masker = Masker(MaskingConfig(p=0.5), generator=torch.Generator().manual_seed(2))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        stats = train_one_epoch(model, batches, optimizer, runtime, occluder=occluder)
+        stats = train_one_epoch(model, batches, optimizer, runtime, masker=masker)
         val = evaluate(model, DeviceBatches(data, rows[:8], batch_size=4), runtime)
         results[amp] = stats, val
     (fp32, fp32_val), (bf16, bf16_val) = results[False], results[True]

@@ -193,3 +193,20 @@ def test_every_config_field_is_documented():
     walk(SweepSpec)
     walk(TrialConfig)
     assert len(seen) > 10 and not missing, missing
+
+
+def test_each_shipped_recipe_says_where_it_departs_from_the_paper():
+    from sweeps.recipes import paper_departures
+
+    def departures(name: str) -> list[str]:
+        return paper_departures(load_spec(ROOT / "sweeps" / name, environment=False))
+
+    assert departures("paper-table1.yaml") == []
+    assert departures("authors-code.yaml") == [
+        "data.image_size 512 (paper: 256)",
+        "model.variant authors (paper: paper)",
+        "masking.draw per_batch (paper: per_sample)",
+        "masking.attribution cam (paper: gradcam)",
+        "masking.cam_input rgb (paper: sobel)",
+    ]
+    assert "data.image_size 64 (paper: 256)" in departures("demo.yaml")

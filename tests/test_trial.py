@@ -443,3 +443,16 @@ def test_out_of_memory_error_names_the_share_to_raise():
     assert lines[0] == "CUDA out of memory. Tried …"
     assert "resources.per_arch.deeplabv3plus.gpu: 0.5" in lines[-1]
     assert "train.batch_size" in lines[-1]
+
+
+def test_classifier_kept_at_its_best_validation_accuracy_when_asked(data, split):
+    """classifier.select best_val_accuracy (the released code's checkpoint rule) keeps the
+    epoch with the best validation accuracy: never worse on validation than the last epoch's."""
+    runtime = Runtime.from_config(tiny_config().train)
+    results = {}
+    for select in ("last", "best_val_accuracy"):
+        cfg = tiny_config(classifier__epochs=3, classifier__select=select).classifier
+        _, results[select] = train_centre_classifier(data, split, cfg, runtime)
+    assert results["last"]["selected_epoch"] == 3
+    assert 1 <= results["best_val_accuracy"]["selected_epoch"] <= 3
+    assert results["best_val_accuracy"]["val_accuracy"] >= results["last"]["val_accuracy"]

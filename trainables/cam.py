@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.config import MASK_DRAWS, MASK_MODE_NAMES
+
 # The grad-cam package divides by (range + 1e-7); using the same epsilon keeps near-constant maps
 # (pure float noise) close to zero, as the reference does, instead of stretching noise to [0, 1].
 _NORM_EPS = 1e-7
@@ -111,10 +113,7 @@ class GradCAM:
                         raise ValueError(
                             f"target has {target.shape[0]} entries for a batch of {logits.shape[0]}"
                         )
-                # Summing the selected scores gives every image its own gradient in one
-                # backward, because images do not interact in an eval-mode classifier.
-                score = logits.gather(1, target[:, None]).sum()
-                (grad,) = torch.autograd.grad(score, activation)
+                weights = self._channel_weights(logits, target, activation)
         finally:
             self._capturing = False
             self._activation = None
@@ -123,8 +122,9 @@ class GradCAM:
         self.last_target = target
         # Autocast may have produced bf16/fp16 activations; the map itself is built in fp32.
         activation = activation.detach().float()
-        weights = grad.float().mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * activation).sum(dim=1, keepdim=True))
+        cam = (weights * activation).sum(dim=1, keepdim=True)
+        if self.rectify:
+            cam = F.relu(cam)
         # Order: ReLU -> upsample -> min-max. grad-cam normalises the low-resolution map, resizes
         # it with cv2 (INTER_LINEAR: half-pixel centres, no antialiasing, i.e. torch's
         # align_corners=False) and then normalises again. Min-max normalisation is invariant to
@@ -132,6 +132,37 @@ class GradCAM:
         # Normalising only before upsampling would differ: interpolated peaks fall below 1.
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return _minmax(cam).to(x.device)
+
+    rectify = True  # GradCAM keeps only evidence *for* the class (ReLU)
+
+    def _channel_weights(self, logits: Tensor, target: Tensor, activation: Tensor) -> Tensor:
+        """(B, C, 1, 1) weights: the target score's gradient, averaged over positions."""
+        # Summing the selected scores gives every image its own gradient in one backward,
+        # because images do not interact in an eval-mode classifier.
+        score = logits.gather(1, target[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, activation)
+        return grad.float().mean(dim=(2, 3), keepdim=True)
+
+
+class FcCAM(GradCAM):
+    """The original CAM (Zhou et al. 2016), as the authors' released code uses it (MONAI's
+    ``CAM`` at the last block with the classifier's fc layer): the feature maps weighted by the
+    fc weights of the target class — no gradient, no ReLU — upsampled and min-max normalised.
+    High values mark what the classifier relies on (MONAI's default post-processing would flip
+    that; camsweep's ``masking.mode`` says what to do with it instead).
+
+    Same interface as :class:`GradCAM`, plus the fc layer whose weights are used.
+    """
+
+    rectify = False
+
+    def __init__(self, model: nn.Module, target_layer: nn.Module, fc: nn.Linear) -> None:
+        super().__init__(model, target_layer)
+        self.fc = fc
+
+    def _channel_weights(self, logits: Tensor, target: Tensor, activation: Tensor) -> Tensor:
+        # The fc bias shifts every position alike, which min-max normalisation removes.
+        return self.fc.weight.detach().float()[target][:, :, None, None]
 
 
 def _minmax(cam: Tensor) -> Tensor:
@@ -213,29 +244,33 @@ def _keep(binary: Tensor) -> Tensor:
     return binary
 
 
-MASK_MODES: dict[str, Callable[[Tensor], Tensor]] = {
-    "occlude": _occlude,
-    "keep": _keep,
-}
+MASK_MODES: dict[str, Callable[[Tensor], Tensor]] = dict(
+    zip(MASK_MODE_NAMES, (_occlude, _keep), strict=True)
+)
 
 
-def occlusion_factor(
+def masking_factor(
     cam: Tensor,
     *,
     threshold: float,
     p: float,
     mode: str = "occlude",
+    draw: str = "per_sample",
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Multiplicative masking factor of the interpretability-guided augmentation.
 
-    Each sample is selected independently with probability ``p``. For a selected sample the
-    factor depends on ``mode``:
+    With ``draw="per_sample"`` (the paper: "with probability p") each sample is selected
+    independently with probability ``p``; with ``"per_batch"`` (the authors' released code, one
+    ``random.random() < p`` per batch) the whole batch is selected or none of it. For a selected
+    sample the factor depends on ``mode``:
 
-    - ``"occlude"`` (default, the paper's stated intent): ``1 - bin(cam)`` blocks out the regions
-      the centre classifier relies on (the extra-anatomical content) and keeps the rest.
-    - ``"keep"`` (what the authors' released code does): ``bin(cam)`` keeps only those regions
-      and blacks out everything else.
+    - ``"occlude"`` (default, the paper's intent): ``1 - bin(cam)`` blocks out the regions the
+      centre classifier relies on (the extra-anatomical content) and keeps the rest. The
+      authors' released code does the same: it multiplies by a map whose direction MONAI's
+      default post-processing has already flipped.
+    - ``"keep"`` (an ablation): ``bin(cam)`` keeps only those regions and blacks out everything
+      else.
 
     Unselected samples get a factor of 1 everywhere. Multiply the input image (UNet,
     DeepLabV3+) or SDNet's anatomy representation by the factor; it broadcasts over channels.
@@ -256,6 +291,8 @@ def occlusion_factor(
     """
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mode!r}; valid modes: {sorted(MASK_MODES)}")
+    if draw not in MASK_DRAWS:
+        raise ValueError(f"unknown masking draw {draw!r}; valid: {', '.join(MASK_DRAWS)}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p}")
     if not 0.0 < threshold < 1.0:
@@ -264,6 +301,8 @@ def occlusion_factor(
         raise ValueError(f"expected CAMs of shape (B, 1, H, W), got {tuple(cam.shape)}")
     masked = MASK_MODES[mode](binarize(cam, threshold))
     # rand() is in [0, 1), so p = 0 selects nothing and p = 1 selects everything.
-    selected = torch.rand(cam.shape[0], device=cam.device, generator=generator) < p
+    n_draws = cam.shape[0] if draw == "per_sample" else 1
+    selected = torch.rand(n_draws, device=cam.device, generator=generator) < p
+    selected = selected.expand(cam.shape[0])
     factor = torch.where(selected.view(-1, 1, 1, 1), masked, torch.ones_like(masked))
     return factor, selected

@@ -8,6 +8,7 @@ nothing to find).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def cam_report(
     from trainables.classifier import fold_cams
 
     classifier = fold.load_classifier(runtime.device)
-    held_cams = fold_cams(classifier, data, split.test_out, runtime)
+    # The held-out centre has no label in the fold: its maps explain the prediction.
+    held = dataclasses.replace(fold.cam, target="predicted")
+    held_cams = fold_cams(classifier, data, split.test_out, runtime, cam=held)
     indices = np.concatenate([fold.train_indices, split.test_out])
     cams = np.concatenate([np.asarray(fold.cams), held_cams])
     centres = data.centres[indices]

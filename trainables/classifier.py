@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainables.cam import GradCAM
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.config import ClassifierConfig
+from trainables.config import PAPER_CAM, CamChoice, ClassifierConfig
 from trainables.data.augment import AugmentConfig, build_train_transform
 from trainables.data.cache import DecodedData
 from trainables.data.dataset import SegmentationDataset
@@ -32,9 +31,13 @@ from trainables.engine import Runtime, seed_everything
 from trainables.models import CentreClassifier, build_centre_classifier
 
 FOLD_FORMAT = 1
-# Flips only: rotation's black corners would look like the octagonal/circular borders that
-# distinguish some centres, teaching the classifier a cue that the augmentation itself created.
-CLASSIFIER_AUGMENT = AugmentConfig(rotate_p=0.0, color_jitter_p=0.0)
+# classifier.augment. flips: rotation's black corners would look like the octagonal/circular
+# borders that distinguish some centres, teaching the classifier a cue that the augmentation
+# itself created. segmentation: the released code trains it with the segmentation transforms.
+CLASSIFIER_AUGMENTS = {
+    "flips": AugmentConfig(rotate_p=0.0, color_jitter_p=0.0),
+    "segmentation": AugmentConfig(),
+}
 
 
 class FoldLeakError(AssertionError):
@@ -61,6 +64,7 @@ class FoldArtifacts:
     cams: np.ndarray  # (n_train, S, S) float16 in [0, 1], CAMs of the un-augmented images
     metrics: dict[str, float]  # classifier train/val accuracy
     path: Path  # folder holding classifier.pt, cams.npy, meta.json
+    cam: CamChoice = PAPER_CAM  # how `cams` were computed (and any further CAM of the fold)
 
     def load_classifier(self, device: torch.device | str = "cpu") -> CentreClassifier:
         payload = load_checkpoint(self.path / "classifier.pt")
@@ -69,7 +73,7 @@ class FoldArtifacts:
         return model.to(device).eval().requires_grad_(False)
 
 
-def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam_target: str) -> str:
+def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam: CamChoice) -> str:
     parts = {
         "format": FOLD_FORMAT,
         "dataset": data.dataset_hash,
@@ -79,7 +83,7 @@ def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam_tar
         # The frames themselves: two split schemes with one seed train different classifiers.
         "train": hashlib.sha256(np.ascontiguousarray(split.train, np.int64).data).hexdigest(),
         "classifier": cfg.model_dump(mode="json"),
-        "cam_target": cam_target,
+        "cam": asdict(cam),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -111,7 +115,7 @@ def train_centre_classifier(
     train_set = SegmentationDataset(
         data,
         split.train,
-        build_train_transform(CLASSIFIER_AUGMENT, seed=seed),
+        build_train_transform(CLASSIFIER_AUGMENTS[cfg.augment], seed=seed),
         centre_labels=labels,
     )
     if len(train_set) < cfg.batch_size:
@@ -126,7 +130,14 @@ def train_centre_classifier(
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     loss_fn = nn.CrossEntropyLoss()
-    for _ in range(cfg.epochs):
+
+    def eval_loader(indices: np.ndarray) -> DataLoader:
+        ds = SegmentationDataset(data, indices, centre_labels=labels)
+        return DataLoader(ds, batch_size=cfg.batch_size)
+
+    by_val = cfg.select == "best_val_accuracy" and len(split.val)
+    best_accuracy, best_epoch, best_state = -1.0, 0, None
+    for epoch in range(1, cfg.epochs + 1):
         model.train()
         for batch in loader:
             batch = runtime.to_device(batch)
@@ -135,12 +146,16 @@ def train_centre_classifier(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-
-    def eval_loader(indices: np.ndarray) -> DataLoader:
-        ds = SegmentationDataset(data, indices, centre_labels=labels)
-        return DataLoader(ds, batch_size=cfg.batch_size)
-
-    metrics = {"train_accuracy": _accuracy(model, eval_loader(split.train), runtime)}
+        if by_val:
+            accuracy = _accuracy(model, eval_loader(split.val), runtime)
+            if accuracy > best_accuracy:  # the first of equal epochs, as a checkpoint callback
+                best_accuracy, best_epoch = accuracy, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics: dict[str, float] = {"selected_epoch": float(cfg.epochs)}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        metrics["selected_epoch"] = float(best_epoch)
+    metrics["train_accuracy"] = _accuracy(model, eval_loader(split.train), runtime)
     if len(split.val):
         metrics["val_accuracy"] = _accuracy(model, eval_loader(split.val), runtime)
     return model.eval(), metrics
@@ -152,22 +167,25 @@ def fold_cams(
     indices: np.ndarray,
     runtime: Runtime,
     *,
+    cam: CamChoice = PAPER_CAM,
     centre_labels: dict[int, int] | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """CAMs of the un-augmented frames `indices`, (n, S, S) float16, batched on the device.
 
-    The target class is the classifier's prediction, or the true centre when ``centre_labels``
-    is given.
+    ``cam`` says which map; its target is the classifier's prediction, or the true centre
+    (``centre_labels`` then gives each frame's label).
     """
+    if cam.target == "true" and centre_labels is None:
+        raise ValueError("CAMs of the true centre need the fold's centre labels")
     ds = SegmentationDataset(data, indices, centre_labels=centre_labels)
     model = model.to(runtime.device).eval()
     out = np.empty((len(ds), data.image_size, data.image_size), np.float16)
     row = 0
-    with GradCAM(model, model.target_layer) as gradcam:
+    with model.explainer(cam.attribution, cam.input) as gradcam:
         for batch in DataLoader(ds, batch_size=batch_size):
             batch = runtime.to_device(batch)
-            target = batch["label"] if centre_labels is not None else None
+            target = batch["label"] if cam.target == "true" else None
             cams = gradcam(batch["image"], target=target)
             out[row : row + len(cams)] = cams[:, 0].to(torch.float16).cpu().numpy()
             row += len(cams)
@@ -181,23 +199,21 @@ def prepare_fold(
     runtime: Runtime,
     cache_root: Path,
     *,
-    cam_target: str = "predicted",
+    cam: CamChoice = PAPER_CAM,
 ) -> tuple[FoldArtifacts, bool]:
     """Loads the fold's artefacts from ``cache_root`` or computes and stores them.
 
     Returns:
         The artefacts and whether they were reused from the cache.
     """
-    key = fold_key(data, split, cfg, cam_target)
+    key = fold_key(data, split, cfg, cam)
     path = Path(cache_root).expanduser() / f"C{split.held_out}-{key}"
     if (path / "meta.json").exists():
         return load_fold(path), True
     start = time.perf_counter()
     model, metrics = train_centre_classifier(data, split, cfg, runtime)
     labels = split.centre_labels(data.centres)
-    cams = fold_cams(
-        model, data, split.train, runtime, centre_labels=labels if cam_target == "true" else None
-    )
+    cams = fold_cams(model, data, split.train, runtime, cam=cam, centre_labels=labels)
     metrics["seconds"] = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -214,7 +230,7 @@ def prepare_fold(
             "centre_labels": {str(c): i for c, i in labels.items()},
             "dataset_hash": data.dataset_hash,
             "classifier": cfg.model_dump(mode="json"),
-            "cam_target": cam_target,
+            "cam": asdict(cam),
             "metrics": metrics,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -238,4 +254,5 @@ def load_fold(path: Path) -> FoldArtifacts:
         cams=np.load(path / "cams.npy", mmap_mode="r"),
         metrics=meta["metrics"],
         path=path,
+        cam=CamChoice(**meta["cam"]),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,7 +115,9 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     arch: str = Field("unet", description=" | ".join(MODEL_NAMES))
     variant: Literal[VARIANTS] = Field(  # the registry's names, one source
-        "paper", description="paper: the published models; tiny: small, for tests and CPU demos"
+        "paper",
+        description="paper: the published models; tiny: small, for tests and CPU demos; "
+        "authors: the released code's (plain UNet from scratch, DeepLabV3+ ASPP 6/12/18)",
     )
     encoder_name: str | None = Field(
         None, description="smp encoder (unet, deeplabv3plus); default: the variant's"
@@ -138,6 +141,16 @@ class ClassifierConfig(Strict):
     batch_size: int = Field(16, ge=1, description="camsweep's choice; the paper is silent")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate; camsweep's choice")
     seed: int = Field(0, description="separate from the trial seed so seeds share one classifier")
+    augment: Literal["flips", "segmentation"] = Field(
+        "flips",
+        description="flips: flips only (camsweep; rotation corners mimic centre borders); "
+        "segmentation: the segmentation's augmentations (released code)",
+    )
+    select: Literal["last", "best_val_accuracy"] = Field(
+        "last",
+        description="the classifier kept: the last epoch's (camsweep; the paper is silent) or "
+        "the best validation accuracy's (released code)",
+    )
 
     @field_validator("arch")
     @classmethod
@@ -149,11 +162,39 @@ class ClassifierConfig(Strict):
         return arch
 
 
+# How a selected sample is masked (cam.MASK_MODES holds the function of each).
+MASK_MODE_NAMES = ("occlude", "keep")
+# Who is drawn for masking with probability p: each sample, or each batch as a whole.
+MASK_DRAWS = ("per_sample", "per_batch")
+# The class activation map: GradCAM or fc-weight CAM, on the Sobel image or the raw RGB one.
+CAM_ATTRIBUTIONS = ("gradcam", "cam")
+CAM_INPUTS = ("sobel", "rgb")
+
+
+@dataclass(frozen=True)
+class CamChoice:
+    """How a fold's CAMs are computed: the class explained, the attribution and its input."""
+
+    target: str = "predicted"
+    attribution: str = "gradcam"
+    input: str = "sobel"
+
+
+PAPER_CAM = CamChoice()  # GradCAM of the predicted centre on the Sobel image
+
+
 class MaskingConfig(Strict):
     p: float = Field(0.0, ge=0, le=1, description="per-sample masking probability; 0 = baseline")
     threshold: float = Field(0.5, gt=0, lt=1, description="CAM binarisation threshold")
-    mode: Literal["occlude", "keep"] = Field(
-        "occlude", description="occlude: x * (1 - bin(cam)); keep: x * bin(cam) (an ablation)"
+    mode: Literal[MASK_MODE_NAMES] = Field(  # cam.MASK_MODES is keyed by these
+        "occlude",
+        description="occlude: x * (1 - bin(cam)), the paper's intent and what the released code "
+        "does (its MONAI map is flipped); keep: x * bin(cam), an ablation",
+    )
+    draw: Literal[MASK_DRAWS] = Field(
+        "per_sample",
+        description="per_sample: each sample masked with probability p (paper); per_batch: "
+        "the whole batch or none (released code)",
     )
     cam_mode: Literal["cached", "online"] = Field(
         "cached",
@@ -163,6 +204,21 @@ class MaskingConfig(Strict):
     cam_target: Literal["predicted", "true"] = Field(
         "predicted", description="the class whose CAM is taken: predicted or true centre"
     )
+    attribution: Literal[CAM_ATTRIBUTIONS] = Field(
+        "gradcam",
+        description="gradcam: GradCAM at layer4 (paper); cam: fc-weight CAM without ReLU "
+        "(released code, MONAI CAM)",
+    )
+    cam_input: Literal[CAM_INPUTS] = Field(
+        "sobel",
+        description="the classifier's input when its CAMs are taken: sobel (paper; what it is "
+        "trained on) or rgb (released code)",
+    )
+
+    @property
+    def cam(self) -> CamChoice:
+        """Which maps drive the masking: they key the fold's cached CAMs."""
+        return CamChoice(self.cam_target, self.attribution, self.cam_input)
 
     @property
     def masks(self) -> bool:
@@ -204,17 +260,26 @@ class FaultConfig(Strict):
     seeds: list[int] | None = Field(None, description="only trials with these seeds (None: all)")
 
 
-class TrialConfig(Strict):
-    """Everything one segmentation trial needs; written next to every result."""
+class TrialSections(Strict):
+    """The sections of a trial config — also the settings a sweep spec shares with all its
+    trials (``SweepSpec`` extends this with the search space, search and resources)."""
 
-    held_out_centre: int = Field(1, ge=1, description="the out-of-distribution test centre")
-    seed: int = Field(0, description="the trial's seed: weights, shuffles, augmentations, masks")
     data: DataConfig = Field(DataConfig(), description="the dataset and its split")
     model: ModelConfig = Field(ModelConfig(), description="the segmentation model")
     classifier: ClassifierConfig = Field(ClassifierConfig(), description="the centre classifier")
     masking: MaskingConfig = Field(MaskingConfig(), description="CAM-guided masking")
     train: TrainConfig = Field(TrainConfig(), description="training settings")
     fault: FaultConfig = Field(FaultConfig(), description="reliability tests only; inert")
+
+
+TRIAL_SECTIONS = tuple(TrialSections.model_fields)
+
+
+class TrialConfig(TrialSections):
+    """Everything one segmentation trial needs; written next to every result."""
+
+    held_out_centre: int = Field(1, ge=1, description="the out-of-distribution test centre")
+    seed: int = Field(0, description="the trial's seed: weights, shuffles, augmentations, masks")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

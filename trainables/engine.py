@@ -1,8 +1,8 @@
 """One epoch of training and one evaluation pass — plain functions, no Ray, no W&B.
 
-The paper's CAM-guided masking enters here as an :class:`Occluder`: per batch it turns the CAM
+The paper's CAM-guided masking enters here as an :class:`Masker`: per batch it turns the CAM
 (cached with the sample, or recomputed online from the frozen centre classifier) into the
-multiplicative occlusion factor that the model applies to its input (UNet, DeepLabV3+) or to its
+multiplicative mask_factor factor that the model applies to its input (UNet, DeepLabV3+) or to its
 anatomy representation (SDNet).
 """
 
@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainables.cam import GradCAM, occlusion_factor
+from trainables.cam import masking_factor
 from trainables.config import MaskingConfig, TrainConfig
 from trainables.metrics import MetricAccumulator
 from trainables.models.base import SegmentationNet
+from trainables.models.centre_classifier import CentreClassifier
 
 
 class DivergedError(RuntimeError):
@@ -88,8 +89,8 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
-class Occluder:
-    """Produces the per-batch occlusion factor from CAMs.
+class Masker:
+    """Produces the per-batch mask_factor factor from CAMs.
 
     ``cam_mode="cached"`` reads ``batch["cam"]`` (the fold's CAMs of the un-augmented images,
     transformed with the image). ``"online"`` recomputes GradCAM on the augmented batch with the
@@ -101,30 +102,34 @@ class Occluder:
         masking: MaskingConfig,
         *,
         generator: torch.Generator,
-        classifier: nn.Module | None = None,
-        target_layer: nn.Module | None = None,
+        classifier: CentreClassifier | None = None,
     ):
-        if masking.cam_mode == "online" and (classifier is None or target_layer is None):
+        if masking.cam_mode == "online" and classifier is None:
             raise ValueError("masking.cam_mode 'online' needs the fold's centre classifier")
         self.masking = masking
         self.generator = generator
         self.classifier = classifier
-        self.target_layer = target_layer
 
     def cams(self, batch: dict[str, Tensor]) -> Tensor:
         if self.masking.cam_mode == "cached":
             if "cam" not in batch:
                 raise ValueError("masking.cam_mode 'cached' but the batch carries no CAM")
             return batch["cam"]
-        target = batch["label"] if self.masking.cam_target == "true" else None
-        with GradCAM(self.classifier, self.target_layer) as gradcam:
-            return gradcam(batch["image"], target=target)
+        m = self.masking
+        target = batch["label"] if m.cam_target == "true" else None
+        with self.classifier.explainer(m.attribution, m.cam_input) as explain:
+            return explain(batch["image"], target=target)
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(factor (B,1,H,W), selected (B,) bool)."""
         m = self.masking
-        return occlusion_factor(
-            self.cams(batch), threshold=m.threshold, p=m.p, mode=m.mode, generator=self.generator
+        return masking_factor(
+            self.cams(batch),
+            threshold=m.threshold,
+            p=m.p,
+            mode=m.mode,
+            draw=m.draw,
+            generator=self.generator,
         )
 
 
@@ -144,7 +149,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
     *,
-    occluder: Occluder | None = None,
+    masker: Masker | None = None,
 ) -> EpochStats:
     """Trains one pass over ``loader``; raises :class:`DivergedError` on a non-finite loss."""
     model.train()
@@ -158,13 +163,13 @@ def train_one_epoch(
     for batch in loader:
         batch = runtime.to_device(batch)
         x, y = batch["image"], batch["mask"]
-        occlusion = None
-        if occluder is not None and occluder.masking.masks:
-            occlusion, selected = occluder(batch)
+        mask_factor = None
+        if masker is not None and masker.masking.masks:
+            mask_factor, selected = masker(batch)
             masked += selected.sum()
-            masked_px += (1 - occlusion).float().mean() * x.shape[0]
+            masked_px += (1 - mask_factor).float().mean() * x.shape[0]
         with runtime.autocast():
-            out = model(x, occlusion)
+            out = model(x, mask_factor)
             loss, parts = model.loss(out, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

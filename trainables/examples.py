@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainables.cam import MASK_MODES, GradCAM, binarize
+from trainables.cam import MASK_MODES, binarize
 from trainables.classifier import FoldArtifacts
 from trainables.config import TrialConfig
 from trainables.data.augment import denormalize
@@ -50,8 +50,8 @@ def example_strips(
     probs = torch.sigmoid(model(batch["image"])["logits"].float())
     if fold is not None:
         classifier = fold.load_classifier(runtime.device)
-        with GradCAM(classifier, classifier.target_layer) as gradcam:
-            cams = gradcam(batch["image"])
+        with classifier.explainer(fold.cam.attribution, fold.cam.input) as explain:
+            cams = explain(batch["image"])
     else:
         cams = torch.zeros_like(probs)
     binary = binarize(cams, cfg.masking.threshold)

@@ -31,7 +31,7 @@ from trainables.data.batches import BatchSource
 from trainables.data.cache import DecodedData
 from trainables.data.source import fold_split, prepare_data
 from trainables.data.splits import FoldSplit
-from trainables.engine import Occluder, Runtime, evaluate, seed_everything, train_one_epoch
+from trainables.engine import Masker, Runtime, evaluate, seed_everything, train_one_epoch
 from trainables.models import SegmentationNet, build_model
 from trainables.run_files import (
     BEST_FILE,
@@ -181,7 +181,7 @@ class TrialParts:
 
     model: SegmentationNet
     optimizer: torch.optim.Optimizer
-    occluder: Occluder | None  # None for the baseline (p = 0)
+    masker: Masker | None  # None for the baseline (p = 0)
     batches: BatchSource
     eval_sets: dict[str, Any]  # split name → its evaluation batches (non-empty splits only)
     runtime: Runtime
@@ -214,23 +214,20 @@ def build_trial(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    cams, occluder = None, None
+    cams, masker = None, None
     if cfg.masking.masks:
         if not np.array_equal(fold.train_indices, split.train):
             raise ValueError("fold artefacts were computed for a different training split")
         online = cfg.masking.cam_mode == "online"
         classifier = runtime.prepare_model(fold.load_classifier()) if online else None
         cams = None if online else fold.cams
-        occluder = Occluder(
-            cfg.masking,
-            generator=torch.Generator(runtime.device),
-            classifier=classifier,
-            target_layer=classifier.target_layer if online else None,
+        masker = Masker(
+            cfg.masking, generator=torch.Generator(runtime.device), classifier=classifier
         )
     labels = split.centre_labels(data.centres)
     batches = BatchSource(cfg.train, data, split, labels, cams, runtime.device)
     eval_sets = {name: batches.eval(name) for name in K.SPLITS if len(split.indices(name))}
-    return TrialParts(model, optimizer, occluder, batches, eval_sets, runtime)
+    return TrialParts(model, optimizer, masker, batches, eval_sets, runtime)
 
 
 def restore_progress(resume_dir: Path, ckpt_dir: Path, parts: TrialParts) -> Progress:
@@ -254,16 +251,14 @@ def train_epochs(
 ) -> None:
     """The epoch loop: train → validate → keep the best weights → checkpoint → report (every
     epoch but the last, whose report carries the test results)."""
-    model, occluder = parts.model, parts.occluder
+    model, masker = parts.model, parts.masker
     for epoch in range(progress.next_epoch, cfg.train.epochs + 1):
         seed = _epoch_seed(cfg, epoch)
         train_loader = parts.batches.train(seed)
-        if occluder is not None:
-            occluder.generator.manual_seed(_masking_seed(seed))
+        if masker is not None:
+            masker.generator.manual_seed(_masking_seed(seed))
         _inject_fault(cfg, epoch, model, resumed=resumed)
-        stats = train_one_epoch(
-            model, train_loader, parts.optimizer, parts.runtime, occluder=occluder
-        )
+        stats = train_one_epoch(model, train_loader, parts.optimizer, parts.runtime, masker=masker)
         val = evaluate(model, parts.eval_sets["val"], parts.runtime)
         metrics = {
             K.EPOCH: epoch,
@@ -412,5 +407,5 @@ def prepare_trial_fold(
         cfg.classifier,
         runtime or Runtime.from_config(cfg.train),
         cache_root,
-        cam_target=cfg.masking.cam_target,
+        cam=cfg.masking.cam,
     )

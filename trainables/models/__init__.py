@@ -13,9 +13,9 @@ from typing import Any
 from trainables.models.registry import CLASSIFIER_ARCHS, MODEL_NAMES, VARIANTS, build_model
 
 _LAZY = {
-    "OCCLUSION_TARGETS": "trainables.models.base",
+    "MASKING_TARGETS": "trainables.models.base",
     "SegmentationNet": "trainables.models.base",
-    "match_occlusion": "trainables.models.base",
+    "match_masking": "trainables.models.base",
     "CentreClassifier": "trainables.models.centre_classifier",
     "SobelMagnitude": "trainables.models.centre_classifier",
     "build_centre_classifier": "trainables.models.centre_classifier",

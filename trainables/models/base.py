@@ -8,33 +8,33 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-OCCLUSION_TARGETS = ("input", "anatomy")
+MASKING_TARGETS = ("input", "anatomy")
 
 
 class SegmentationNet(nn.Module, metaclass=ABCMeta):
     """Base class of the models returned by `build_model`.
 
     Attributes:
-        occlusion_target: Where `forward` applies the CAM occlusion. ``"input"``: the image is
+        masking_target: Where `forward` applies the CAM mask_factor. ``"input"``: the image is
             multiplied by it before the network (UNet, DeepLabV3+). ``"anatomy"``: the anatomy
             representation is multiplied by it before the segmentor only, while reconstruction
             uses the unmasked anatomy (SDNet).
     """
 
-    occlusion_target: ClassVar[str]
+    masking_target: ClassVar[str]
 
     @abstractmethod
-    def forward(self, x: Tensor, occlusion: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, mask_factor: Tensor | None = None) -> dict[str, Tensor]:
         """Segments a batch.
 
         Args:
             x: (B, C, H, W) ImageNet-normalised images.
-            occlusion: (B, 1, H', W') multiplicative {0, 1} factor, ones for samples that are not
+            mask_factor: (B, 1, H', W') multiplicative {0, 1} factor, ones for samples that are not
                 augmented; resized (nearest) to the tensor it multiplies. None: no masking.
 
         Returns:
             At least ``"logits"``, the (B, 1, H, W) polyp logit, and ``"model_input"``, the
-            image the network actually saw (masked for ``occlusion_target == "input"``).
+            image the network actually saw (masked for ``masking_target == "input"``).
         """
 
     @abstractmethod
@@ -53,33 +53,33 @@ class SegmentationNet(nn.Module, metaclass=ABCMeta):
         """
 
 
-def match_occlusion(occlusion: Tensor, like: Tensor) -> Tensor:
-    """Checks an occlusion map and resizes it (nearest) to the spatial size of `like`.
+def match_masking(mask_factor: Tensor, like: Tensor) -> Tensor:
+    """Checks an mask_factor map and resizes it (nearest) to the spatial size of `like`.
 
     Args:
-        occlusion: (B, 1, H, W) multiplicative mask.
+        mask_factor: (B, 1, H, W) multiplicative mask.
         like: (B, C, H', W') tensor the mask will multiply.
 
     Returns:
         The mask as (B, 1, H', W') with the dtype and device of `like`.
     """
-    if occlusion.ndim != 4 or occlusion.shape[1] != 1 or occlusion.shape[0] != like.shape[0]:
+    if mask_factor.ndim != 4 or mask_factor.shape[1] != 1 or mask_factor.shape[0] != like.shape[0]:
         raise ValueError(
-            f"occlusion must have shape (B, 1, H, W) with B={like.shape[0]}, "
-            f"got {tuple(occlusion.shape)}"
+            f"mask_factor must have shape (B, 1, H, W) with B={like.shape[0]}, "
+            f"got {tuple(mask_factor.shape)}"
         )
-    occlusion = occlusion.to(device=like.device, dtype=like.dtype)
-    if occlusion.shape[-2:] != like.shape[-2:]:
-        # Nearest keeps the mask binary; bilinear would create fractional occlusion at edges.
-        occlusion = F.interpolate(occlusion, size=like.shape[-2:], mode="nearest")
-    return occlusion
+    mask_factor = mask_factor.to(device=like.device, dtype=like.dtype)
+    if mask_factor.shape[-2:] != like.shape[-2:]:
+        # Nearest keeps the mask binary; bilinear would create fractional mask_factor at edges.
+        mask_factor = F.interpolate(mask_factor, size=like.shape[-2:], mode="nearest")
+    return mask_factor
 
 
-def apply_occlusion(t: Tensor, occlusion: Tensor | None) -> Tensor:
-    """Returns `t * occlusion` (resized to `t`), or `t` itself when `occlusion` is None."""
-    if occlusion is None:
+def apply_mask_factor(t: Tensor, mask_factor: Tensor | None) -> Tensor:
+    """Returns `t * mask_factor` (resized to `t`), or `t` itself when `mask_factor` is None."""
+    if mask_factor is None:
         return t
-    return t * match_occlusion(occlusion, t)
+    return t * match_masking(mask_factor, t)
 
 
 def detached_parts(**parts: Tensor) -> dict[str, Tensor]:
@@ -88,9 +88,9 @@ def detached_parts(**parts: Tensor) -> dict[str, Tensor]:
 
 
 __all__ = [
-    "OCCLUSION_TARGETS",
+    "MASKING_TARGETS",
     "SegmentationNet",
-    "apply_occlusion",
+    "apply_mask_factor",
     "detached_parts",
-    "match_occlusion",
+    "match_masking",
 ]

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from trainables.cam import FcCAM, GradCAM
+from trainables.config import CAM_ATTRIBUTIONS, CAM_INPUTS
 from trainables.models.registry import CLASSIFIER_ARCHS
 from trainables.models.weights import is_weights_path, load_weights_file
 
@@ -80,6 +82,26 @@ class CentreClassifier(nn.Module):
     def num_classes(self) -> int:
         """Number of centres the head classifies."""
         return self.backbone.fc.out_features
+
+    def explainer(self, attribution: str = "gradcam", cam_input: str = "sobel") -> GradCAM:
+        """The class activation maps of this classifier, as a context manager (see GradCAM).
+
+        Args:
+            attribution: ``gradcam`` (the paper) or ``cam`` (fc-weight CAM, the authors'
+                released code).
+            cam_input: ``sobel`` — the Sobel image the classifier is trained on (the paper) —
+                or ``rgb``: the normalised RGB image fed straight to the ResNet, as the released
+                code does (its Sobel step is commented out at CAM time).
+        """
+        if attribution not in CAM_ATTRIBUTIONS or cam_input not in CAM_INPUTS:
+            raise ValueError(
+                f"unknown CAM {attribution!r} on {cam_input!r}; valid: attribution "
+                f"{', '.join(CAM_ATTRIBUTIONS)}, input {', '.join(CAM_INPUTS)}"
+            )
+        model = self if cam_input == "sobel" else self.backbone
+        if attribution == "gradcam":
+            return GradCAM(model, self.target_layer)
+        return FcCAM(model, self.target_layer, self.backbone.fc)
 
     def forward(self, x: Tensor) -> Tensor:
         """Maps (B, 3, H, W) normalised images to (B, num_classes) centre logits."""

@@ -36,7 +36,8 @@ MODEL_REGISTRY: dict[str, Callable[..., SegmentationNet]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
 
 # "paper": the published settings. "tiny": small and fast, for tests and CPU demos at 32-64 px.
-VARIANTS: tuple[str, ...] = ("paper", "tiny")
+# "authors": the models of the released code (plain UNet; DeepLabV3+ with its ASPP head).
+VARIANTS: tuple[str, ...] = ("paper", "tiny", "authors")
 
 # Centre classifiers: torchvision ResNets, built by name in `centre_classifier`.
 CLASSIFIER_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50")

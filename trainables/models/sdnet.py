@@ -1,6 +1,6 @@
 """SDNet (Chartsias et al., 2019): spatial anatomy factors, a VAE modality code, AdaIN decoder.
 
-The CAM occlusion multiplies the binary anatomy factors before the segmentor only; the decoder and
+The CAM mask_factor multiplies the binary anatomy factors before the segmentor only; the decoder and
 the modality encoder keep the unmasked anatomy, so the augmentation leaves the reconstruction
 task untouched (Corbetta et al., 2023).
 """
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor, nn
 
-from trainables.models.base import SegmentationNet, apply_occlusion, detached_parts
+from trainables.models.base import SegmentationNet, apply_mask_factor, detached_parts
 
 # The authors' loss weights.
 LOSS_WEIGHTS: dict[str, float] = {"recon": 1.0, "kl": 0.01, "dice": 10.0, "latent": 1.0}
@@ -36,6 +36,7 @@ SDNET_VARIANTS: dict[str, dict[str, int]] = {
         "seg_width": 16,
     },
 }
+SDNET_VARIANTS["authors"] = SDNET_VARIANTS["paper"]  # the released SDNet has the same sizes
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -153,7 +154,7 @@ class SDNet(SegmentationNet):
         loss_weights: Overrides of `LOSS_WEIGHTS` (keys recon, kl, dice, latent).
     """
 
-    occlusion_target = "anatomy"
+    masking_target = "anatomy"
 
     def __init__(
         self,
@@ -199,7 +200,7 @@ class SDNet(SegmentationNet):
         # Noise-free argmax so evaluation is deterministic.
         return F.one_hot(logits.argmax(dim=1), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
 
-    def forward(self, x: Tensor, occlusion: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, mask_factor: Tensor | None = None) -> dict[str, Tensor]:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SDNet expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         anatomy = self._binarise(self.anatomy_encoder(x))
@@ -207,7 +208,7 @@ class SDNet(SegmentationNet):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         reconstruction = self.decoder(anatomy, z)
         z_rec, _ = self.modality_encoder(anatomy, reconstruction)
-        seg_logits = self.segmentor(apply_occlusion(anatomy, occlusion))
+        seg_logits = self.segmentor(apply_mask_factor(anatomy, mask_factor))
         return {
             # Polyp minus background logit: its sigmoid is the softmax polyp probability.
             "logits": seg_logits[:, 1:2] - seg_logits[:, 0:1],

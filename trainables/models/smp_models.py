@@ -8,13 +8,17 @@ import segmentation_models_pytorch as smp
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor, nn
 
-from trainables.models.base import SegmentationNet, apply_occlusion, detached_parts
+from trainables.models.base import SegmentationNet, apply_mask_factor, detached_parts
+from trainables.models.plain_unet import PlainUNet
 from trainables.models.weights import is_weights_path, load_weights_file
 
 # Per variant: the default encoder and the smp constructor arguments. "paper" follows the
 # authors (smp defaults; DeepLabV3+ on ResNet101). "tiny" keeps CPU tests and demos fast at
 # 32-64 px; its UNet uses encoder depth 3, so the encoder's layer3/layer4 exist (a full
 # ResNet18 state dict still loads) but receive no gradient.
+# "authors" is the released code: for UNet the plain UNet from scratch (`plain_unet.py`); for
+# DeepLabV3+ its VainF-style head — output stride 16, ASPP rates 6/12/18, plain (not separable)
+# ASPP convolutions with dropout 0.1 — on ResNet101.
 UNET_VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"encoder_name": "resnet34"},
     "tiny": {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": (32, 16, 8)},
@@ -22,17 +26,25 @@ UNET_VARIANTS: dict[str, dict[str, Any]] = {
 DEEPLAB_VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"encoder_name": "resnet101"},
     "tiny": {"encoder_name": "resnet18", "decoder_channels": 32},
+    "authors": {
+        "encoder_name": "resnet101",
+        "encoder_output_stride": 16,
+        "decoder_atrous_rates": (6, 12, 18),
+        "decoder_aspp_separable": False,
+        "decoder_aspp_dropout": 0.1,
+    },
 }
 
 
 class SmpSegmentationNet(SegmentationNet):
-    """A one-class smp model trained with soft Dice; the occlusion masks its input image.
+    """A one-class smp model (or the plain UNet) trained with soft Dice; the mask_factor masks
+    its input image.
 
     Args:
-        net: An smp segmentation model with one output channel.
+        net: A segmentation network with one output channel and an ``encoder``.
     """
 
-    occlusion_target = "input"
+    masking_target = "input"
 
     def __init__(self, net: smp.base.SegmentationModel) -> None:
         super().__init__()
@@ -44,8 +56,8 @@ class SmpSegmentationNet(SegmentationNet):
         """The pretrainable backbone (target of local encoder weights)."""
         return self.net.encoder
 
-    def forward(self, x: Tensor, occlusion: Tensor | None = None) -> dict[str, Tensor]:
-        model_input = apply_occlusion(x, occlusion)
+    def forward(self, x: Tensor, mask_factor: Tensor | None = None) -> dict[str, Tensor]:
+        model_input = apply_mask_factor(x, mask_factor)
         return {"logits": self.net(model_input), "model_input": model_input}
 
     def loss(
@@ -89,7 +101,15 @@ def build_unet(
     in_channels: int = 3,
     **kw: Any,
 ) -> SmpSegmentationNet:
-    """smp `Unet` (paper: ResNet34 encoder); `kw` overrides smp constructor arguments."""
+    """smp `Unet` (paper: ResNet34 encoder), or the released code's plain UNet for variant
+    ``authors``; `kw` overrides the constructor arguments."""
+    if variant == "authors":
+        if encoder_name is not None or encoder_weights is not None:
+            raise ValueError(
+                "model.variant authors of unet is the plain UNet trained from scratch: it takes "
+                f"no encoder_name or encoder_weights (got {encoder_name!r}, {encoder_weights!r})"
+            )
+        return SmpSegmentationNet(PlainUNet(in_channels, classes=1, **kw))
     return _build(smp.Unet, UNET_VARIANTS[variant], encoder_name, encoder_weights, in_channels, kw)
 
 
