@@ -24,7 +24,15 @@ from ray import tune
 from ray._private import ray_constants
 
 from search_spaces.build import build_search
-from sweeps.spec import FOLDS_FILE, SPEC_FILE, RayConfig, SpecError, SweepSpec, load_spec
+from sweeps.spec import (
+    FINISHED_DIR,
+    FOLDS_FILE,
+    SPEC_FILE,
+    RayConfig,
+    SpecError,
+    SweepSpec,
+    load_spec,
+)
 from sweeps.tracking import SweepSummary, wandb_settings
 from trainables.data.cache import DecodedData, cache_root
 from trainables.data.source import frame_level_centres, prepare_data
@@ -57,6 +65,9 @@ def init_ray(config: RayConfig, address: str | None, *, verbose: bool = False) -
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(
+            # Always a Ray of its own: without "local", ray.init joins any cluster it finds in
+            # RAY_ADDRESS or in the temp dir's ray_current_cluster (another user's, a stale one).
+            address="local",
             num_cpus=config.num_cpus,
             object_store_memory=config.object_store_mb << 20,
             include_dashboard=config.dashboard,
@@ -182,6 +193,9 @@ def build_tuner(
             data=data_ref,
             folds=folds,
             wandb_settings=wandb_settings(spec, run_dir),
+            # Beside Tune's trial folders, which Tune clears when it restores a trial. On
+            # remote storage the workers cannot reach the driver's folder: checkpoints only.
+            finished_root=None if "://" in storage else str(run_dir / FINISHED_DIR),
         ),
         partial(_trial_resources, spec.resources, spec.model.arch),
     )

@@ -35,6 +35,7 @@ from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
 # Files camsweep keeps in every run folder, next to Tune's.
 SPEC_FILE = "camsweep-spec.yaml"  # the resolved spec
 FOLDS_FILE = "camsweep-folds.json"  # which folds were prepared or reused
+FINISHED_DIR = "camsweep-finished"  # <trial id>/results.json of every finished trial
 SELECTION_METRICS = ("val/dice", "val/iou", "val/recall", "val/precision", "val/accuracy")
 
 

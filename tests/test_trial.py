@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -203,25 +204,30 @@ def test_a_finished_trial_resumed_from_an_earlier_checkpoint_is_not_trained_agai
     data, split, fold, tmp_path
 ):
     """The driver can die after a trial wrote its results but before Tune recorded its final
-    checkpoint; Tune then resumes it from an earlier checkpoint. The results in the trial
-    folder are handed back as they are: no training, no evaluation."""
+    checkpoint; Tune then resumes it from an earlier checkpoint, or restarts it when it had
+    none, with its trial folder cleared. The results kept in the trial's finished_dir are
+    handed back as they are: no training, no evaluation."""
     cfg = tiny_config()
-    first = run_segmentation(cfg, data, split, fold, tmp_path / "trial")
+    finished = tmp_path / "finished"
+    first = run_segmentation(cfg, data, split, fold, tmp_path / "trial", finished_dir=finished)
     text = (tmp_path / "trial" / "results.json").read_text()
+    assert (finished / "results.json").read_text() == text
+    shutil.rmtree(tmp_path / "trial")  # Tune clears a trial's folder when it restores it
     earlier = tmp_path / "epoch-0-checkpoint"  # no state.pt: training from it would fail
     earlier.mkdir()
-    reports = []
-    again = run_segmentation(
-        cfg, data, split, fold, tmp_path / "trial", resume_dir=earlier,
-        report=lambda m, c: reports.append(m),
-    )  # fmt: skip
-    assert again.metrics == first.metrics and again.model is None
-    assert (tmp_path / "trial" / "results.json").read_text() == text
-    assert reports == [first.metrics]
+    for resume_dir in (earlier, None):
+        reports = []
+        again = run_segmentation(
+            cfg, data, split, fold, tmp_path / "trial", resume_dir=resume_dir,
+            finished_dir=finished, report=lambda m, c, out=reports: out.append(m),
+        )  # fmt: skip
+        assert again.metrics == first.metrics and again.model is None
+        assert (tmp_path / "trial" / "results.json").read_text() == text
+        assert reports == [first.metrics]
     # Another config in the same folder is not mistaken for it.
     with pytest.raises(CheckpointError, match="state.pt: checkpoint does not exist"):
         run_segmentation(tiny_config(seed=1), data, split, fold, tmp_path / "trial",
-                         resume_dir=earlier)  # fmt: skip
+                         resume_dir=earlier, finished_dir=finished)  # fmt: skip
 
 
 def test_checkpoint_round_trip_and_corruption_detected(tmp_path):

@@ -40,8 +40,11 @@ def train_segmentation(
     data: DecodedData,
     folds: dict[int, Any],
     wandb_settings: dict[str, Any] | None = None,
+    finished_root: str | None = None,
 ) -> None:
-    """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch."""
+    """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch.
+    ``finished_root``: where each finished trial's results are also kept, outside Tune's trial
+    folders (see ``run_segmentation``'s ``finished_dir``); None on remote storage."""
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     cfg = with_axis_values(base, axes, config)
@@ -77,6 +80,9 @@ def train_segmentation(
                 trial_dir,
                 report=report,
                 resume_dir=resume_dir,
+                finished_dir=None
+                if finished_root is None
+                else Path(finished_root) / context.get_trial_id(),
                 checkpoint_dir=work / "checkpoint",
                 runtime=runtime,
                 provenance={

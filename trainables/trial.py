@@ -109,6 +109,7 @@ def run_segmentation(
     *,
     report: Reporter | None = None,
     resume_dir: Path | None = None,
+    finished_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
     provenance: dict[str, Any] | None = None,
     runtime: Runtime | None = None,
@@ -124,6 +125,11 @@ def run_segmentation(
         report: called after every epoch with the metrics and, on checkpoint epochs, the
             checkpoint folder.
         resume_dir: a checkpoint folder written by an earlier run of this trial.
+        finished_dir: a folder of this trial's own outside Tune's trial folder (which Tune
+            clears when it restores a trial). The finished results are kept there as well, and
+            found there on a rerun of this exact config: the driver can die after a trial
+            finished but before Tune recorded its final checkpoint, and Tune then restarts it
+            from an earlier checkpoint or from scratch.
         checkpoint_dir: where checkpoints are written (default ``out_dir / "checkpoint"``).
         provenance: extra facts recorded in results.json (e.g. the Ray trial and node ids).
         runtime: where to compute (default: from ``cfg.train``; a Ray trial passes the one for
@@ -137,7 +143,7 @@ def run_segmentation(
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = checkpoint_dir or out_dir / "checkpoint"
     _write_provenance(cfg, data, split, out_dir)
-    found = _finished_results(resume_dir, out_dir, cfg)
+    found = _finished_results([resume_dir, finished_dir], cfg)
     if found is not None:
         # The trial had finished but the driver died before recording it: hand back the stored
         # results instead of training or evaluating again.
@@ -167,9 +173,14 @@ def run_segmentation(
     tmp = out_dir / f".{RESULTS_FILE}.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out_dir / RESULTS_FILE)
-    # The final checkpoint carries the results, so a resumed sweep never re-runs a finished trial.
-    for name in (RESULTS_FILE, PER_IMAGE_FILE):
-        shutil.copyfile(out_dir / name, ckpt_dir / name)
+    # The final checkpoint and finished_dir carry the results, so a resumed sweep never re-runs
+    # a finished trial (results.json last: its presence marks the copy complete).
+    for folder in (ckpt_dir, finished_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in (PER_IMAGE_FILE, RESULTS_FILE):
+                shutil.copyfile(out_dir / name, folder / f".{name}.tmp")
+                os.replace(folder / f".{name}.tmp", folder / name)
     if report is not None:
         report(final, ckpt_dir)
     return TrialResult(final, progress.history, out_dir, parts.model)
@@ -334,15 +345,13 @@ def _inject_fault(cfg: TrialConfig, epoch: int, model, resumed: bool) -> None:
 
 
 def _finished_results(
-    resume_dir: Path | None, out_dir: Path, cfg: TrialConfig
+    folders: list[Path | None], cfg: TrialConfig
 ) -> tuple[Path, dict[str, Any]] | None:
-    """Where a resumed trial's results already are, if it had finished with this exact config:
-    in the checkpoint resumed from (the final checkpoint carries them) or in the trial folder
-    itself — the driver can die after the trial wrote its results but before Tune recorded its
-    final checkpoint, and Tune then resumes it from an earlier one."""
-    if resume_dir is None:
-        return None
-    for folder in (resume_dir, out_dir):
+    """Where a trial's results already are, if it had finished with this exact config: the
+    checkpoint resumed from (the final checkpoint carries them), or the trial's finished_dir."""
+    for folder in folders:
+        if folder is None:
+            continue
         try:
             stored = json.loads((folder / RESULTS_FILE).read_text())
         except (OSError, ValueError):
