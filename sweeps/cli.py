@@ -37,6 +37,7 @@ TRAIN_FLAGS = {
     for name in ("arch", "held_out_centre", "p", "threshold", "mask_mode", "cam_mode", "epochs")
 } | {"seed": AXES["seed"], "variant": "model.variant", "image_size": "data.image_size"}
 CAMS_FLAGS = ("held_out_centre", "threshold", "image_size")
+VERBOSE_HELP = "also Tune's per-trial tables and the workers' log lines"
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -414,17 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="a few tiny trials of this spec")
     run.add_argument("--storage", help="override storage.path")
     run.add_argument("--no-export", action="store_true", help="skip `camsweep export` at the end")
-    run.add_argument(
-        "--verbose", action="store_true", help="also Tune's per-trial tables and worker logs"
-    )
+    run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     run.set_defaults(func=_cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("run_dir")
     resume.add_argument("--address")
-    resume.add_argument(
-        "--verbose", action="store_true", help="also Tune's per-trial tables and worker logs"
-    )
+    resume.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     resume.set_defaults(func=_cmd_resume)
 
     status = sub.add_parser("status", help="trials of a run: state, epoch, Dice")

@@ -268,10 +268,11 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, verbose: bool = Fa
     remote = root if "://" in root else None
     run_dir = local_mirror(name) if remote else Path(root) / name
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
-    manifest, data = prepare_data(spec.data, spec.held_out_centres())
+    held_out = spec.held_out_centres()
+    manifest, data = prepare_data(spec.data, held_out)
     run_dir.mkdir(parents=True, exist_ok=True)
     data_ref, folds, summary = _start(spec, data, address, run_dir, verbose)
-    summary["frame_level_split"] = frame_level_centres(manifest, spec.held_out_centres())
+    summary["frame_level_split"] = frame_level_centres(manifest, held_out)
     _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)
     print(
         f"sweep {spec.name}: {f'{remote}/{name} (local files: {run_dir})' if remote else run_dir}"

@@ -38,14 +38,14 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
 def paper_departures(spec: SweepSpec) -> list[str]:
     """``key value (paper: value)`` for each stated setting the sweep does not share with the
     paper; swept axes are left out (their values are in the tables)."""
-    base = spec.base_trial()
+    constants = {a.name: a.values[0] for a in spec.axes if a.form == "constant"}
+    shared = spec.trial_config(constants).to_dict()  # what every trial of the sweep shares
     swept = {a.key for a in spec.axes if a.form != "constant"}
-    constants = {a.key: a.values[0] for a in spec.axes if a.form == "constant"}
     out = []
     for key, paper in PAPER.items():
         if key in swept:
             continue
-        value = constants.get(key, _get(base, key))
+        value = _get(shared, key)
         if value != paper:
             out.append(f"{key} {value} (paper: {paper})")
     return out

@@ -29,6 +29,7 @@ from trainables.config import (
     with_axis_values,
 )
 from trainables.data.cache import cache_root
+from trainables.data.polypgen import DatasetError
 from trainables.data.source import patient_problems, scan_data
 from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
 
@@ -169,9 +170,10 @@ def data_problems(data: DataConfig, held_out: list[int]) -> tuple[list[int], lis
     including training centres of these folds whose patients are unknown."""
     if data.source == "synthetic":  # generated on first use, patients known by construction
         return sorted(POLYPGEN_CENTRE_SIZES), []
-    if data.root is None and data.manifest is None:
-        return [], ["data.root: required for source 'polypgen' (or give data.manifest)"]
-    manifest, problems = scan_data(data)
+    try:
+        manifest, problems = scan_data(data)
+    except DatasetError as exc:  # no root to scan (data_root says which key is missing)
+        return [], exc.problems
     problems = [f"data: {p}" for p in problems]
     if manifest.records:
         problems += patient_problems(manifest, data, held_out)

@@ -49,8 +49,12 @@ def _error_text(path: Path, meta: dict[str, Any]) -> str | None:
     if not name:
         return None
     candidate = path / Path(name).name
-    text = candidate.read_text() if candidate.exists() else str(name)
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return last_line(candidate.read_text() if candidate.exists() else str(name))
+
+
+def last_line(traceback_text: str) -> str:
+    """The last non-empty line of a traceback: the exception and its message."""
+    lines = [ln.strip() for ln in traceback_text.splitlines() if ln.strip()]
     return lines[-1] if lines else "error"
 
 

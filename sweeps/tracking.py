@@ -16,6 +16,7 @@ from typing import Any
 from ray import tune
 
 from search_spaces.grouping import group_key, group_label
+from sweeps.status import last_line
 from trainables.wandb_runs import guarded_run
 
 
@@ -70,12 +71,11 @@ class SweepSummary(tune.Callback):
 
 
 def last_error_line(trial) -> str:
-    """The last non-empty line of a failed trial's traceback (the exception and its message)."""
+    """The exception and message that ended a failed trial."""
     try:
-        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return last_line(Path(trial.error_file).read_text())
     except (OSError, TypeError):
         return "see the trial's error.txt"
-    return lines[-1].strip() if lines else "error"
 
 
 # --- W&B ----------------------------------------------------------------------------------------

@@ -156,7 +156,9 @@ def train_centre_classifier(
         model.load_state_dict(best_state)
         metrics["selected_epoch"] = float(best_epoch)
     metrics["train_accuracy"] = _accuracy(model, eval_loader(split.train), runtime)
-    if len(split.val):
+    if best_state is not None:  # the kept weights' validation accuracy is already known
+        metrics["val_accuracy"] = best_accuracy
+    elif len(split.val):
         metrics["val_accuracy"] = _accuracy(model, eval_loader(split.val), runtime)
     return model.eval(), metrics
 

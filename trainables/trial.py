@@ -148,9 +148,8 @@ def run_segmentation(
         # The trial had finished but the driver died before recording it: hand back the stored
         # results instead of training or evaluating again.
         folder, stored = found
-        if folder != out_dir:
-            for name in (RESULTS_FILE, PER_IMAGE_FILE):
-                shutil.copyfile(folder / name, out_dir / name)
+        for name in (RESULTS_FILE, PER_IMAGE_FILE):
+            shutil.copyfile(folder / name, out_dir / name)
         if report is not None:
             report(stored["metrics"], None)
         return TrialResult(stored["metrics"], stored["history"], out_dir)

@@ -23,7 +23,7 @@ class CentreSummary:
     patients: int = 0
     with_polyp: int = 0
     mean_polyp_area: float = 0.0  # fraction of the frame, over all frames
-    patient_rule: str = ""  # how the patients were found ("unknown: ..." when they were not)
+    patient_rule: str = ""  # how the patients were found ("unknown" when they were not)
 
 
 @dataclass

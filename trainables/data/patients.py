@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ POLYPGEN_NAMES: dict[int, re.Pattern[str]] = {
     5: re.compile(r"^EndoCV2021_C5_(?P<n>\d+)$"),  # EndoCV2021_C5_50000279
     6: re.compile(r"^EndoCV2021_C6_(?P<n>\d+)$"),  # EndoCV2021_C6_0100045
 }
-_LIST_CENTRES = (2, 3, 5, 6)
+LIST_CENTRES = (2, 3, 5, 6)  # centres whose names carry no patient: per-frame lists
+_CAMSWEEP_NAMES = re.compile(CAMSWEEP_PATIENT_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -85,12 +87,15 @@ def load_patient_lists(root: Path) -> tuple[PatientLists | None, str | None]:
 
 def _from_pattern(
     centre: int, stems: Sequence[str], pattern: re.Pattern[str], rule: str
-) -> CentrePatients | None:
-    found = [m.group("patient") if (m := pattern.search(s)) else None for s in stems]
-    misses = [s for s, p in zip(stems, found) if p is None]
-    if not misses:
-        return CentrePatients(centre, [str(p) for p in found], rule)
-    return None
+) -> tuple[CentrePatients | None, str | None]:
+    """The patients read by ``pattern`` from every stem, or (None, the first stem it misses)."""
+    found = []
+    for stem in stems:
+        match = pattern.search(stem)
+        if match is None:
+            return None, stem
+        found.append(match.group("patient"))
+    return CentrePatients(centre, found, rule), None
 
 
 def _polypgen(centre: int, stems: Sequence[str], lists: PatientLists | None, lists_problem):
@@ -107,7 +112,7 @@ def _polypgen(centre: int, stems: Sequence[str], lists: PatientLists | None, lis
             f"C{centre}: {len(misses)} of {len(stems)} names do not follow PolypGen's C{centre} "
             f"naming (e.g. {misses[0]!r})",
         )
-    if centre not in _LIST_CENTRES:
+    if centre not in LIST_CENTRES:
         what = "3-digit name prefix" if centre == 1 else "leading number of the name"
         return CentrePatients(centre, [m.group("patient") for m in matches], f"PolypGen: {what}")
     if lists is None:
@@ -127,8 +132,8 @@ def _polypgen(centre: int, stems: Sequence[str], lists: PatientLists | None, lis
             "entries: which frame an entry belongs to cannot be known, so the list is not used",
         )
     numbers = [int(m.group("n")) for m in matches]
-    if len(set(numbers)) != len(numbers):
-        dup = sorted({n for n in numbers if numbers.count(n) > 1})
+    dup = sorted(n for n, count in Counter(numbers).items() if count > 1)
+    if dup:
         return CentrePatients(
             centre, None, "PolypGen list", f"C{centre}: frame number(s) {dup} occur twice"
         )
@@ -149,18 +154,16 @@ def assign_patients(
 ) -> CentrePatients:
     """Patient ids for one centre's image stems (see the module docstring for the rules)."""
     if pattern is not None:
-        found = _from_pattern(centre, stems, pattern, f"patient_pattern {pattern.pattern!r}")
+        found, miss = _from_pattern(centre, stems, pattern, f"patient_pattern {pattern.pattern!r}")
         if found:
             return found
-        miss = next(s for s in stems if not pattern.search(s))
         return CentrePatients(
             centre,
             None,
             "patient_pattern",
             f"C{centre}: {miss!r} does not match patient_pattern {pattern.pattern!r}",
         )
-    own = re.compile(CAMSWEEP_PATIENT_PATTERN)
-    found = _from_pattern(centre, stems, own, "camsweep synthetic names")
+    found, _ = _from_pattern(centre, stems, _CAMSWEEP_NAMES, "camsweep synthetic names")
     if found:
         return found
     if centre in POLYPGEN_NAMES:

@@ -92,10 +92,14 @@ class DatasetError(ValueError):
         super().__init__(f"{len(problems)} problem(s) in the dataset:\n{lines}")
 
 
+def _companion_stems(stem: str) -> list[str]:
+    """Stems a frame's mask or overlay may carry: the release's one odd name, image
+    C3_EndoCV2021_00489_ (older copies: 00489]), has the mask C3_EndoCV2021_00489_mask."""
+    return [stem] + ([stem.rstrip("_]")] if stem.endswith(("_", "]")) else [])
+
+
 def _find_mask(masks_dir: Path, stem: str) -> Path | None:
-    # The release's one odd name: image C3_EndoCV2021_00489_ (or 00489]) has mask 00489_mask.
-    stems = [stem] + ([stem.rstrip("_]")] if stem.endswith(("_", "]")) else [])
-    for base in stems:
+    for base in _companion_stems(stem):
         for suffix in IMAGE_SUFFIXES:
             candidate = masks_dir / f"{base}_mask{suffix}"
             if candidate.exists():
@@ -132,7 +136,7 @@ def _index_centre(centre_dir: Path, k: int, problems: list[str]) -> list[Record]
 
 
 def _find_overlay(overlays_dir: Path, stem: str) -> Path | None:
-    for base in (stem, stem.rstrip("_]")):
+    for base in _companion_stems(stem):
         candidate = overlays_dir / f"{base}_overlay.png"
         if candidate.exists():
             return candidate

@@ -65,16 +65,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from trainables.data.patients import LIST_CENTRES, ROOT_LISTS_NAME
+
 POLYPGEN_CENTRE_SIZES: dict[int, int] = {1: 256, 2: 301, 3: 457, 4: 227, 5: 208, 6: 88}
 
 MIN_SIDE = 32
 FORMAT_VERSION = 1
 MANIFEST_NAME = "synth.json"
 NAMINGS = ("camsweep", "polypgen")
-PATIENT_LISTS_NAME = "polypgen-patients.json"
 # What a polypgen-named dataset holds at `out` besides data_C<k> and synth.json.
 _POLYPGEN_EXTRAS = (
-    PATIENT_LISTS_NAME,
+    ROOT_LISTS_NAME,
     "sequenceData",
     "imagesAll_positive",
     "dataDetails_PolypGen_SingleFrames",
@@ -98,7 +99,6 @@ _POLYP_COUNT_P = (0.2, 0.45, 0.25, 0.1)
 
 # polypgen naming: masks stored as 3-channel JPEGs in the release (C1: 241 of 256, C2: 211 of 301).
 _RGB_MASK_FRACTION = {1: (241, 256), 2: (211, 301)}
-_LIST_CENTRES = (2, 3, 5, 6)  # centres whose names carry no patient
 _C3_QUIRK = 489  # the C3 frame whose image name has a trailing underscore
 _SECOND_SIZE_FRACTION = 0.75
 _DS_STORE = b"\x00\x00\x00\x01Bud1" + bytes(26)  # junk of the kind macOS leaves behind
@@ -455,16 +455,14 @@ def _write_polypgen_extras(
 ) -> None:
     """Everything of the release besides the single frames: content loaders must ignore."""
     lists = {
-        f"C{k}": [r.patient for r in records if r.centre == k]
-        for k in centres
-        if k in _LIST_CENTRES
+        f"C{k}": [r.patient for r in records if r.centre == k] for k in centres if k in LIST_CENTRES
     }
     about = (
         "Synthetic patient lists written by camsweep's generator, in the format of the shipped "
         "authors' lists: one patient id per frame, in the order of the frame numbers."
     )
     text = json.dumps({"about": about, "centres": lists}, indent=1)
-    (out / PATIENT_LISTS_NAME).write_text(text + "\n")
+    (out / ROOT_LISTS_NAME).write_text(text + "\n")
 
     # Sequences: two positive frames with masks and boxes, two negative frames without masks.
     width, height = size
