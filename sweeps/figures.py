@@ -86,7 +86,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
 
     Returns the PNG (None when no fold was prepared, e.g. a baseline-only sweep) and a note.
     """
-    from trainables.cam_report import cam_report
+    from trainables.cam_report import cam_report, training_centre_means
     from trainables.classifier import fold_key, load_fold
     from trainables.data.source import fold_split, prepare_data
     from trainables.engine import Runtime
@@ -99,20 +99,20 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     cfg = spec.trial_config({"held_out_centre": centres[0]})
     _, data = prepare_data(cfg.data)
     split = fold_split(data, cfg.data, centres[0])
-    key = fold_key(data, split, cfg.classifier, cfg.masking.cam)
+    key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
     folder = spec.fold_cache_root() / f"C{centres[0]}-{key}"
     if not (folder / "meta.json").exists():
         return None, f"no CAM figure: fold artefacts {folder} are gone"
     png = Path(out) / "cams.png"
     scores, _ = cam_report(
         data, split, load_fold(folder), Runtime.from_config(cfg.train), png,
-        threshold=cfg.masking.threshold,
+        threshold=cfg.masking.threshold, mode=cfg.masking.mode,
     )  # fmt: skip
-    mean = ""
-    if scores:
-        seen = [s for s in scores if s.centre != centres[0]]
+    means = training_centre_means(scores, centres[0])
+    mean = f"polyp masked {means['polyp_masked']:.3f}"
+    if data.overlays is not None:
         mean = (
-            f" (CAM vs overlay truth on training centres: precision "
-            f"{sum(s.precision for s in seen) / len(seen):.3f}, IoU {sum(s.iou for s in seen) / len(seen):.3f})"
+            f"CAM energy on overlays {means['energy_on_overlay']:.3f} (chance "
+            f"{means['overlay_area']:.3f}), overlay masked {means['overlay_masked']:.3f}, {mean}"
         )
-    return png, f"CAM figure for held-out C{centres[0]}{mean}"
+    return png, f"CAM figure for held-out C{centres[0]} (training centres: {mean})"

@@ -17,6 +17,11 @@ Tolerances, in grey levels of the 0–255 image (the normalised output times std
   truncated shift, up to 3° of hue, i.e. up to 3/60 of the chroma ≈ 13 levels on a fully
   saturated pixel (mean ≤ 1). The whole pipeline (rotation, flips, all four jitter operations) on
   saturated synthetic scenes: mean ≤ 2.5 levels (measured ≤ 1.9), 0.3 without jitter.
+- The released code's settings (``normalise: first``, ``rotate_border: reflect``): the transforms
+  see the normalised float image, which OpenCV never rounds to uint8. Reflected rotation: on uint8
+  the tolerances of the constant border (measured ≤ 0.5 level); on floats max ≤ 0.05 (measured
+  0.0003). Jitter on normalised floats, albumentations' float maths: ≤ 0.01 (measured 0.0002).
+  The whole pipeline with normalise first: max ≤ 0.05 (measured 0.0005).
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainables.data.augment import (
+    IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentConfig,
+    build_train_transform,
 )
 from trainables.data.batch_augment import (
     BRIGHTNESS_RANGE,
@@ -314,6 +321,183 @@ def test_whole_pipeline_matches_albumentations_with_known_parameters():
         assert torch.allclose(a, b, atol=1e-4), "row selection modes disagree"
 
 
+# --- the released code's settings: normalise first, reflected border, hue range ---------------
+
+NORMALIZE = A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0)
+# A non-degenerate set: at exactly ±45° some sample points sit on pixel edges, where OpenCV and
+# grid_sample round a nearest-neighbour label differently (see the module docstring).
+REFLECT_ANGLES = [-90.0, -47.3, 13.7, 44.9, 90.0, 171.0]
+
+
+def _cfg(**fields) -> AugmentConfig:
+    """NO_AUG with the given keys set."""
+    return AugmentConfig(**{**NO_AUG.model_dump(), **fields})
+
+
+def _normalised(image: np.ndarray) -> np.ndarray:
+    return NORMALIZE(image=image)["image"]
+
+
+@pytest.mark.parametrize("normalise", ["last", "first"])
+def test_reflected_border_leaves_no_black_corners_where_constant_does(normalise):
+    size = 32
+    image = np.empty((size, size, 3), np.uint8)
+    image[:] = (200, 150, 120)  # uniform: a mirrored border is the same colour
+    mask = np.ones((size, size), np.uint8)
+    batch = _batch([(image, mask, mask.astype(np.float32))])
+    params = _params(1, rotate=True, angle=[45.0])  # the corners come from outside the frame
+    colour = torch.from_numpy(_normalised(image)[0, 0])
+    # The constant border is 0 of the image being rotated: black, or the mean once normalised.
+    fill = normalize(torch.zeros(1, 3, 1, 1))[0, :, 0, 0] if normalise == "last" else 0.0
+    corners = (slice(None), [0, 0, -1, -1], [0, -1, 0, -1])
+    for border in ("constant", "reflect"):
+        cfg = _cfg(rotate_border=border, normalise=normalise)
+        out, out_mask, out_cam = BatchAugment(cfg).apply(*batch, params)
+        if border == "constant":
+            assert torch.allclose(out[0][corners].T, torch.as_tensor(fill).expand(4, 3), atol=1e-5)
+            assert out_mask[0][corners].eq(0).all() and out_cam[0][corners].eq(0).all()
+        else:
+            assert torch.allclose(out[0], colour.view(3, 1, 1).expand_as(out[0]), atol=1e-4)
+            assert out_mask.eq(1).all() and out_cam.eq(1).all(), "mask and CAM are mirrored too"
+
+
+@pytest.mark.parametrize("normalise", ["last", "first"])
+@pytest.mark.parametrize("mode", MODES)
+def test_reflected_rotation_matches_albumentations(mode, normalise):
+    """BORDER_REFLECT_101 (mirror about the edge pixels) for image, mask and CAM, on square and
+    non-square frames, on uint8 (normalise last) and normalised float images (first)."""
+    cfg = _cfg(rotate_border="reflect", normalise=normalise)
+    square = [_scene(100 + s) for s in range(len(REFLECT_ANGLES))]
+    wide = [tuple(x[8:48].copy() for x in _scene(110 + s, 56)) for s in range(2)]  # 40 × 56
+    for scenes, angles in ((square, REFLECT_ANGLES), (wide, [37.0, -118.0])):
+        params = _params(len(angles), rotate=True, angle=angles)
+        image, mask, cam = BatchAugment(cfg, row_selection=mode).apply(*_batch(scenes), params)
+        for k, (angle, (i, m, c)) in enumerate(zip(angles, scenes)):
+            rotate = A.Rotate(
+                limit=(angle, angle), p=1, border_mode=cv2.BORDER_REFLECT_101, mask_interpolation=0
+            )
+            steps = [rotate, NORMALIZE] if normalise == "last" else [NORMALIZE, rotate]
+            ref = A.Compose(steps, additional_targets={"cam": "mask"})(image=i, mask=m, cam=c)
+            diff = _levels(image[k], ref["image"])
+            mean_limit, max_limit = (0.3, 1.0) if normalise == "last" else (0.01, 0.05)
+            assert diff.mean() <= mean_limit and diff.max() <= max_limit, (angle, diff.max())
+            _assert_labels_match(mask[k, 0], ref["mask"])
+            _assert_labels_match(cam[k, 0], ref["cam"])
+
+
+@pytest.mark.parametrize("hue", [0.0, 0.2, 0.5])
+def test_hue_shifts_are_drawn_within_the_configured_range(hue):
+    cfg = AugmentConfig(hue=hue)
+    drawn = BatchAugment(cfg).sample_params(20_000, torch.Generator().manual_seed(0)).hue
+    assert drawn.abs().max() <= hue
+    assert drawn.max() - drawn.min() >= 0.95 * 2 * hue  # and the whole range is used
+    # The loader path draws from the same range.
+    jitter = build_train_transform(cfg, seed=0).transforms[-1]
+    assert isinstance(jitter, A.ColorJitter) and jitter.hue == (-hue, hue)
+    assert all(abs(jitter.get_params()["hue"]) <= hue for _ in range(200))
+    with pytest.raises(ValueError, match="less than or equal to 0.5"):
+        AugmentConfig(hue=0.6)  # albumentations' own bound: half a turn
+
+
+# (brightness, contrast, saturation, hue, order): factor 1 (and contrast 0) are skipped, clip
+# included, by albumentations on floats; saturation clips to [0, 1] even at 1; hue never clips.
+FLOAT_JITTER_CASES = [
+    (1.0, 0.85, 1.0, 0.0, [0, 1, 2, 3]),  # brightness 1 must not clip before contrast
+    (1.15, 1.0, 1.1, 0.0, [1, 0, 2, 3]),
+    (1.0, 0.0, 1.2, 0.2, [1, 3, 0, 2]),  # contrast 0: the flat, unclipped mean grey
+    (1.0, 1.0, 1.0, 0.13, [3, 0, 1, 2]),  # hue on the raw normalised image, then saturation
+    (1.1, 0.9, 1.05, 0.0, [3, 0, 1, 2]),  # hue 0 leaves it alone (OpenCV's HSV would not)
+    (0.9, 1.1, 0.8, -0.4, [2, 3, 1, 0]),
+    (1.2, 0.8, 1.05, 0.5, [0, 3, 2, 1]),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_jitter_on_normalised_images_follows_albumentations_float_rules(mode):
+    """normalise first: ColorJitter acts on the normalised image (values about -2.1…2.6), with
+    albumentations 2.0.8's float32 clipping and OpenCV's float HSV."""
+    n = len(FLOAT_JITTER_CASES)
+    scenes = [_scene(120 + s) for s in range(n)]
+    b, c, s, h, orders = (list(x) for x in zip(*FLOAT_JITTER_CASES))
+    params = _params(n, jitter=True, brightness=b, contrast=c, saturation=s, hue=h, order=orders)
+    cfg = _cfg(normalise="first")
+    out = BatchAugment(cfg, row_selection=mode).apply(*_batch(scenes), params)[0]
+    for k, (image, _, _) in enumerate(scenes):
+        kw = {"brightness": b[k], "contrast": c[k], "saturation": s[k], "hue": h[k]}
+        ref = A.ColorJitter().apply(_normalised(image), **kw, order=orders[k])
+        assert _levels(out[k], ref).max() <= 0.01, f"case {k}: {FLOAT_JITTER_CASES[k]}"
+
+
+def test_normalise_first_changes_only_what_the_jitter_sees():
+    """Flips commute with the per-channel normalisation: both orders agree. Jitter does not: on
+    the normalised image albumentations clips every step to [0, 1]."""
+    scenes = [_scene(130 + s) for s in range(4)]
+    flips = _params(4, hflip=[True, False, True, False], vflip=[False, True, True, False])
+    outs = {
+        order: BatchAugment(_cfg(normalise=order)).apply(*_batch(scenes), flips)
+        for order in ("last", "first")
+    }
+    for a, b in zip(outs["last"], outs["first"]):
+        assert torch.allclose(a, b, atol=1e-5)
+
+    jitter = _params(4, jitter=True, brightness=1.1, contrast=0.9, saturation=1.1, hue=0.1)
+    last, first = (
+        BatchAugment(_cfg(normalise=o)).apply(*_batch(scenes), jitter)[0] for o in ("last", "first")
+    )
+    assert (last - first).abs().amax(dim=(1, 2, 3)).min() > 0.5  # every sample differs
+    assert last.min() < -1 and 0 <= first.min() and first.max() <= 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_released_code_pipeline_matches_albumentations_with_known_parameters(mode):
+    """normalise first, reflected border, hue within ±0.2 — the released code's A.Compose
+    (Normalize, flips, Rotate, ColorJitter; our flips follow the rotation, see BatchAugment)."""
+    n = 10
+    rng = np.random.default_rng(11)
+    scenes = [_scene(140 + s) for s in range(n)]
+    angles = rng.uniform(-90, 90, n)
+    hflip, vflip, jitter = (rng.random(n) < 0.5 for _ in range(3))
+    jitter[:2] = True  # both kinds of sample, whatever the draw
+    jitter[2:4] = False
+    factors = {k: rng.uniform(0.8, 1.2, n) for k in ("brightness", "contrast", "saturation")}
+    hue = rng.uniform(-0.2, 0.2, n)
+    orders = np.stack([rng.permutation(4) for _ in range(n)])
+    params = _params(
+        n,
+        rotate=True,
+        angle=angles,
+        hflip=hflip,
+        vflip=vflip,
+        jitter=jitter,
+        hue=hue,
+        order=orders,
+        **factors,
+    )
+    cfg = _cfg(normalise="first", rotate_border="reflect", hue=0.2)
+    out, out_mask, out_cam = BatchAugment(cfg, row_selection=mode).apply(*_batch(scenes), params)
+    for k, (i, m, c) in enumerate(scenes):
+        steps = [
+            NORMALIZE,
+            A.Rotate(
+                limit=(angles[k],) * 2,
+                p=1,
+                border_mode=cv2.BORDER_REFLECT_101,
+                mask_interpolation=0,
+            ),
+            A.HorizontalFlip(p=float(hflip[k])),
+            A.VerticalFlip(p=float(vflip[k])),
+        ]
+        ref = A.Compose(steps, additional_targets={"cam": "mask"})(image=i, mask=m, cam=c)
+        image = ref["image"]
+        if jitter[k]:
+            kw = {key: float(v[k]) for key, v in factors.items()}
+            image = A.ColorJitter().apply(image, **kw, hue=float(hue[k]), order=list(orders[k]))
+        diff = _levels(out[k], image)
+        assert diff.max() <= 0.05, (k, diff.mean(), diff.max())
+        _assert_labels_match(out_mask[k, 0], ref["mask"])
+        _assert_labels_match(out_cam[k, 0], ref["cam"])
+
+
 # --- probabilities and seeding ------------------------------------------------------------------
 
 
@@ -506,10 +690,15 @@ def test_engine_evaluates_device_batches_like_the_dataloader():
 # --- GPU ----------------------------------------------------------------------------------------
 
 
+# The released code's settings (normalise first, reflected border, hue 0.2) as a second case.
+RELEASED = {"normalise": "first", "rotate_border": "reflect", "hue": 0.2}
+
+
 @pytest.mark.gpu
-def test_cuda_matches_cpu_for_the_same_parameters():
+@pytest.mark.parametrize("settings", [{}, RELEASED], ids=["default", "released"])
+def test_cuda_matches_cpu_for_the_same_parameters(settings):
     scenes = [_scene(80 + s) for s in range(8)]
-    cfg = AugmentConfig(rotate_p=0.7, hflip_p=0.5, vflip_p=0.5, color_jitter_p=0.7)
+    cfg = AugmentConfig(rotate_p=0.7, hflip_p=0.5, vflip_p=0.5, color_jitter_p=0.7, **settings)
     aug = BatchAugment(cfg)
     params = aug.sample_params(8, torch.Generator().manual_seed(0))
     cpu = aug.apply(*_batch(scenes), params)
@@ -521,14 +710,15 @@ def test_cuda_matches_cpu_for_the_same_parameters():
 
 
 @pytest.mark.gpu
-def test_cuda_batches_never_wait_for_the_host():
+@pytest.mark.parametrize("settings", [{}, RELEASED], ids=["default", "released"])
+def test_cuda_batches_never_wait_for_the_host(settings):
     data = _data()
     cams = np.random.default_rng(3).random((len(data), 32, 32)).astype(np.float16)
     loader = DeviceBatches(
         data,
         np.arange(len(data)),
         batch_size=4,
-        augment=AugmentConfig(color_jitter_p=0.5),
+        augment=AugmentConfig(color_jitter_p=0.5, **settings),
         cams=cams,
         shuffle=True,
         device="cuda",

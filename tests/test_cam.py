@@ -29,9 +29,12 @@ def _images(n: int = 3, size: int = 64, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def _reference(model: nn.Module, x: torch.Tensor, target: list[int] | None) -> torch.Tensor:
+def _reference(
+    model: nn.Module, x: torch.Tensor, target: list[int] | None, layer: nn.Module | None = None
+) -> torch.Tensor:
     targets = None if target is None else [ClassifierOutputTarget(t) for t in target]
-    with ReferenceGradCAM(model=model, target_layers=[model.layer4]) as ref:
+    layer = model.layer4 if layer is None else layer
+    with ReferenceGradCAM(model=model, target_layers=[layer]) as ref:
         maps = ref(input_tensor=x, targets=targets)
     for parameter in model.parameters():
         parameter.grad = None
@@ -98,7 +101,7 @@ def test_centre_classifier_cams_on_rgb_differ_from_sobel_and_match_monai() -> No
     torch.testing.assert_close(rgb, expected.float(), atol=1e-4, rtol=0)
     expected = _monai_cam(model, x, None, "backbone.layer4", "backbone.fc")
     torch.testing.assert_close(sobel, expected.float(), atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="valid: attribution gradcam, cam, input sobel, rgb"):
+    with pytest.raises(ValueError, match="valid: attribution gradcam, cam .*input sobel, rgb"):
         model.explainer("scorecam", "rgb")
 
 
@@ -306,3 +309,25 @@ def test_invalid_arguments_are_rejected(kwargs: dict, message: str) -> None:
     arguments = {"threshold": 0.5, "p": 0.5, "mode": "occlude"} | kwargs
     with pytest.raises(ValueError, match=message):
         masking_factor(_random_cams(2), **arguments)
+
+
+def test_cam_layer_explains_the_stage_it_names() -> None:
+    from trainables.config import ConfigError, load_trial_config
+    from trainables.models import build_centre_classifier
+
+    torch.manual_seed(0)
+    model = build_centre_classifier(5, arch="resnet18").eval()
+    x = _images()
+    with model.explainer("gradcam", "sobel", "layer3") as cam:
+        layer3 = cam(x)
+    # The reference GradCAM at that stage, and not layer4's map.
+    expected = _reference(model, x, None, layer=model.backbone.layer3)
+    torch.testing.assert_close(layer3, expected, atol=1e-4, rtol=0)
+    with model.explainer("gradcam", "sobel") as cam:
+        assert (cam(x) - layer3).abs().max() > 0.1
+    cfg = load_trial_config(None, {"masking.cam_layer": "layer3"})
+    assert cfg.masking.cam.layer == "layer3"  # keys the fold's cached CAMs
+    with pytest.raises(ConfigError, match="cam_layer 'layer2' with masking.attribution 'cam'"):
+        load_trial_config(None, {"masking.cam_layer": "layer2", "masking.attribution": "cam"})
+    with pytest.raises(ValueError, match=r"cam at layer4 only"):
+        model.explainer("cam", "rgb", "layer3")

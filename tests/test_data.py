@@ -311,3 +311,112 @@ def test_normalisation_equals_albumentations_normalize(view, tmp_path):
     ours = to_normalized_chw(image)
     assert ours.shape == (3, 40, 56) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, reference.transpose(2, 0, 1), rtol=0, atol=1e-5)
+
+
+# --- the released code's augmentation settings on the loader path -------------------------------
+
+
+def _colour_data(size=32):
+    """_marker_data with a smooth, saturated frame: jitter and rotation change every pixel."""
+    import cv2
+
+    data = _marker_data(size)
+    coarse = np.random.default_rng(5).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    data.images[0] = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    return data
+
+
+def _replay(cfg: AugmentConfig, seed: int, **inputs) -> dict:
+    """What build_train_transform(cfg, seed) does to ``inputs``, with the parameters it drew."""
+    import albumentations as A
+
+    transforms = build_train_transform(cfg, seed=seed).transforms
+    pipeline = A.Compose(
+        transforms, additional_targets={"cam": "mask"}, seed=seed, save_applied_params=True
+    )
+    out = pipeline(**inputs)
+    return {**out, "applied": dict(out["applied_transforms"])}
+
+
+def test_normalise_first_on_the_loader_is_normalising_then_augmenting():
+    """The dataset takes the transform's normalised float image as it is (never normalising it
+    twice), and that image is: normalise, then rotate with a mirrored border, flip and jitter
+    the float image — recomputed here from the drawn parameters with OpenCV and albumentations'
+    ColorJitter functions."""
+    import albumentations as A
+    import cv2
+
+    from trainables.data.augment import to_normalized_chw
+
+    data = _colour_data()
+    image, mask = data.images[0], data.masks[0]
+    cams = mask[None].astype(np.float32) * 0.5
+    cfg = AugmentConfig(
+        rotate_p=1, color_jitter_p=1, normalise="first", rotate_border="reflect", hue=0.2
+    )
+    flipped = set()
+    for seed in range(4):
+        item = SegmentationDataset(data, [0], build_train_transform(cfg, seed=seed), cams=cams)[0]
+        applied = _replay(cfg, seed, image=image, mask=mask, cam=cams[0])["applied"]
+        x = to_normalized_chw(image).transpose(1, 2, 0)  # our own normalisation, not A's
+        m, c = mask, cams[0]
+        matrix = applied["Rotate"]["matrix"][:2]
+        x, m, c = (
+            cv2.warpAffine(a, matrix, (32, 32), flags=flag, borderMode=cv2.BORDER_REFLECT_101)
+            for a, flag in ((x, cv2.INTER_LINEAR), (m, cv2.INTER_NEAREST), (c, cv2.INTER_NEAREST))
+        )
+        for name, axis in (("HorizontalFlip", 1), ("VerticalFlip", 0)):
+            if name in applied:
+                flipped.add(name)
+                x, m, c = (np.flip(a, axis) for a in (x, m, c))
+        keys = ("brightness", "contrast", "saturation", "hue", "order")
+        jitter = {k: applied["ColorJitter"][k] for k in keys}
+        assert abs(jitter["hue"]) <= 0.2
+        x = A.ColorJitter().apply(np.ascontiguousarray(x), **jitter)
+        np.testing.assert_allclose(item["image"].numpy(), x.transpose(2, 0, 1), atol=1e-4)
+        assert np.array_equal(item["mask"][0].numpy(), m)
+        assert np.array_equal(item["cam"][0].numpy(), c)
+        # albumentations clips the jitter on floats to [0, 1]: of the normalised image here
+        assert 0 <= item["image"].min() and item["image"].max() <= 1
+
+        last = cfg.model_copy(update={"normalise": "last"})
+        plain = SegmentationDataset(data, [0], build_train_transform(last, seed=seed))[0]
+        assert plain["image"].min() < -1, "normalise last jitters the uint8 image instead"
+    assert flipped == {"HorizontalFlip", "VerticalFlip"}
+
+
+@pytest.mark.parametrize("border", ["constant", "reflect"])
+def test_loader_rotation_border(border):
+    """A rotated uniform frame: constant leaves black corners (mask and CAM 0 there), reflect
+    mirrors the frame into them, for image, mask and CAM alike."""
+    from trainables.data.augment import to_normalized_chw
+
+    data = _marker_data()
+    data.images[0] = (200, 150, 120)
+    data.masks[0] = 1
+    cams = np.ones((1, 32, 32), np.float32)
+    black = to_normalized_chw(np.zeros((1, 1, 3), np.uint8))[:, 0, 0]
+    colour = to_normalized_chw(data.images[0])
+    cfg = AugmentConfig(rotate_p=1, hflip_p=0, vflip_p=0, color_jitter_p=0, rotate_border=border)
+    for seed in range(4):
+        item = SegmentationDataset(data, [0], build_train_transform(cfg, seed=seed), cams=cams)[0]
+        image = item["image"].numpy()
+        if border == "constant":
+            np.testing.assert_allclose(image[:, 0, 0], black, atol=1e-5)
+            assert item["mask"][0, 0, 0] == 0 and item["cam"][0, 0, 0] == 0
+        else:
+            np.testing.assert_allclose(image, colour, atol=1e-4)
+            assert item["mask"].eq(1).all() and item["cam"].eq(1).all()
+
+
+def test_authors_code_recipe_sets_the_released_augmentation(capsys):
+    from pathlib import Path
+
+    from sweeps.cli import main
+    from sweeps.spec import load_spec
+
+    path = Path(__file__).parents[1] / "sweeps" / "authors-code.yaml"
+    assert main(["validate", "--file-only", str(path)]) == 0
+    assert "authors-code.yaml: ok" in capsys.readouterr().out
+    augment = load_spec(path, environment=False).trial_config({}).train.augment
+    assert augment == AugmentConfig(normalise="first", rotate_border="reflect", hue=0.2)

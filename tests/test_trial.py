@@ -462,3 +462,18 @@ def test_classifier_kept_at_its_best_validation_accuracy_when_asked(data, split)
     assert results["last"]["selected_epoch"] == 3
     assert 1 <= results["best_val_accuracy"]["selected_epoch"] <= 3
     assert results["best_val_accuracy"]["val_accuracy"] >= results["last"]["val_accuracy"]
+
+
+def test_a_segmentation_augmented_classifier_follows_the_trial_s_augmentations(data, split):
+    from trainables.classifier import FLIPS_ONLY, classifier_augment, fold_key
+    from trainables.config import AugmentConfig
+
+    released = AugmentConfig(normalise="first", rotate_border="reflect", hue=0.2)
+    flips = tiny_config().classifier
+    seg = tiny_config(classifier__augment="segmentation").classifier
+    assert classifier_augment(seg, released) == released
+    assert classifier_augment(flips, released) == FLIPS_ONLY
+    cam = tiny_config().masking.cam
+    # The fold cache tells the two apart only where the classifier really trains with them.
+    assert fold_key(data, split, seg, cam, released) != fold_key(data, split, seg, cam)
+    assert fold_key(data, split, flips, cam, released) == fold_key(data, split, flips, cam)

@@ -1,9 +1,7 @@
 """How well the binarised CAMs find the extra-anatomical content, and the paper's Figure 1.
 
-On synthetic data the overlay ground truth is known, so CAM localisation is measurable:
-precision = |bin ∩ overlay| / |bin| (how much of what is masked is really overlay) and
-IoU = |bin ∩ overlay| / |bin ∪ overlay|. Empty denominators count as 1 (nothing masked,
-nothing to find).
+On synthetic data the overlay ground truth is known, so CAM localisation is measurable (the
+scores of :class:`CamScores`); on real data only the share of polyp pixels masked is.
 """
 
 from __future__ import annotations
@@ -21,56 +19,129 @@ import numpy as np  # noqa: E402
 
 @dataclass
 class CamScores:
+    """One centre's CAM quality, each a mean over its frames (NaN where it has no meaning).
+
+    The method needs a map whose *masked* region (``cam ≥ threshold`` for ``occlude``, its
+    complement for ``keep``) covers the extra-anatomical content and spares the polyp:
+
+    - ``energy_on_overlay``: share of the CAM's total energy on overlay pixels (an energy-based
+      pointing game); its chance level is ``overlay_area``, the overlay's share of the frame;
+    - ``overlay_masked``: share of overlay pixels the masking removes (frames with an overlay);
+    - ``polyp_masked``: share of polyp pixels it removes (frames with a polyp) — what masking
+      costs the segmentation model; needs no overlay truth, so real data has it too;
+    - ``precision`` / ``iou`` of the masked region against the overlay truth;
+    - ``masked_area``: the masked share of the frame.
+    """
+
     centre: int
     frames: int
+    energy_on_overlay: float
+    overlay_area: float
+    overlay_masked: float
+    polyp_masked: float
     precision: float
     iou: float
-    masked_area: float  # mean fraction of the frame the binary CAM covers
+    masked_area: float
 
 
-def overlay_scores(
-    cams: np.ndarray, overlays: np.ndarray, threshold: float
+OVERLAY_SCORES = ("energy_on_overlay", "overlay_area", "overlay_masked", "precision", "iou")
+
+
+def _share(part: np.ndarray, whole: np.ndarray, empty: float) -> np.ndarray:
+    return np.where(whole > 0, part / np.maximum(whole, 1e-12), empty)
+
+
+def frame_scores(
+    cams: np.ndarray,
+    polyps: np.ndarray,
+    overlays: np.ndarray | None,
+    *,
+    threshold: float,
+    mode: str = "occlude",
 ) -> dict[str, np.ndarray]:
-    """Per-frame precision, IoU and masked area of ``cams >= threshold`` against overlays."""
-    binary = np.asarray(cams, np.float32) >= threshold
+    """Per-frame CAM quality (see :class:`CamScores`); overlay scores are NaN without truth.
+
+    Conventions for empty sets: nothing masked and no overlay give precision and IoU 1; a frame
+    without overlay (or polyp) has no ``overlay_masked`` (``polyp_masked``) and is left out of
+    the centre's mean; a frame whose CAM is all zero has no energy to place (NaN).
+    """
+    cams = np.asarray(cams, np.float32)
+    binary = cams >= threshold
+    masked = binary if mode == "occlude" else ~binary
+    polyp = np.asarray(polyps) > 0
+    n_px = masked[0].size
+    scores = {
+        "masked_area": masked.sum((1, 2)) / n_px,
+        "polyp_masked": _share((masked & polyp).sum((1, 2)), polyp.sum((1, 2)), np.nan),
+    }
+    if overlays is None:
+        nan = np.full(len(cams), np.nan)
+        return scores | {k: nan for k in OVERLAY_SCORES}
     truth = np.asarray(overlays) > 0
-    inter = (binary & truth).sum((1, 2))
-    masked = binary.sum((1, 2))
-    union = (binary | truth).sum((1, 2))
-    return {
-        "precision": np.where(masked > 0, inter / np.maximum(masked, 1), 1.0),
-        "iou": np.where(union > 0, inter / np.maximum(union, 1), 1.0),
-        "masked_area": masked / binary[0].size,
+    inter = (masked & truth).sum((1, 2))
+    area = truth.sum((1, 2))
+    return scores | {
+        "energy_on_overlay": _share((cams * truth).sum((1, 2)), cams.sum((1, 2)), np.nan),
+        "overlay_area": area / n_px,
+        "overlay_masked": _share(inter, area, np.nan),
+        "precision": _share(inter, masked.sum((1, 2)), 1.0),
+        "iou": _share(inter, (masked | truth).sum((1, 2)), 1.0),
     }
 
 
+def _mean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def scores_by_centre(
-    cams: np.ndarray, overlays: np.ndarray, centres: np.ndarray, threshold: float
+    cams: np.ndarray,
+    polyps: np.ndarray,
+    overlays: np.ndarray | None,
+    centres: np.ndarray,
+    *,
+    threshold: float,
+    mode: str = "occlude",
 ) -> list[CamScores]:
-    scores = overlay_scores(cams, overlays, threshold)
+    scores = frame_scores(cams, polyps, overlays, threshold=threshold, mode=mode)
+    names = [f.name for f in dataclasses.fields(CamScores)][2:]
     out = []
     for c in sorted(set(centres.tolist())):
         rows = centres == c
-        out.append(
-            CamScores(
-                int(c),
-                int(rows.sum()),
-                float(scores["precision"][rows].mean()),
-                float(scores["iou"][rows].mean()),
-                float(scores["masked_area"][rows].mean()),
-            )
-        )
+        means = {name: _mean(scores[name][rows]) for name in names}
+        out.append(CamScores(int(c), int(rows.sum()), **means))
     return out
 
 
+def training_centre_means(scores: list[CamScores], held_out: int) -> dict[str, float]:
+    """Each score averaged over the centres the classifier trained on (centres weigh alike)."""
+    seen = [s for s in scores if s.centre != held_out]
+    names = [f.name for f in dataclasses.fields(CamScores)][2:]
+    return {n: _mean(np.array([getattr(s, n) for s in seen], float)) for n in names}
+
+
+_COLUMNS = (  # (field, header) in print order: the overlay's area beside the energy (chance)
+    ("energy_on_overlay", "energy"),
+    ("overlay_area", "chance"),
+    ("overlay_masked", "overlay↓"),
+    ("polyp_masked", "polyp↓"),
+    ("precision", "precision"),
+    ("iou", "IoU"),
+    ("masked_area", "masked"),
+)
+
+
 def format_scores(scores: list[CamScores], held_out: int) -> str:
-    lines = [f"{'centre':>8} {'frames':>6} {'precision':>9} {'IoU':>6} {'masked':>7}"]
+    header = f"{'centre':>8} {'frames':>6} " + " ".join(f"{h:>9}" for _, h in _COLUMNS)
+    lines = [header]
     for s in scores:
         name = f"C{s.centre}" + ("*" if s.centre == held_out else "")
-        lines.append(
-            f"{name:>8} {s.frames:>6} {s.precision:>9.3f} {s.iou:>6.3f} {s.masked_area:>7.3f}"
-        )
-    lines.append("* held-out centre: the classifier never saw it")
+        values = " ".join(f"{getattr(s, f):>9.3f}" for f, _ in _COLUMNS)
+        lines.append(f"{name:>8} {s.frames:>6} {values}")
+    lines += [
+        "energy: share of CAM energy on overlay pixels; chance: the overlay's share of the frame;",
+        "overlay↓ / polyp↓: share of overlay / polyp pixels masked; * held-out centre (unseen)",
+    ]
     return "\n".join(lines)
 
 
@@ -113,7 +184,7 @@ def cam_figure(
 
 
 def cam_report(
-    data, split, fold, runtime, out_png: Path, *, threshold: float
+    data, split, fold, runtime, out_png: Path, *, threshold: float, mode: str = "occlude"
 ) -> tuple[list[CamScores], np.ndarray]:
     """Scores every centre's CAMs against the overlay truth and writes the figure.
 
@@ -121,7 +192,8 @@ def cam_report(
     (the classifier never trained on it, so they show how the cue transfers).
 
     Returns:
-        Per-centre scores (empty without overlay truth) and the CAMs of the held-out centre.
+        Per-centre scores (overlay scores NaN without overlay truth) and the CAMs of the
+        held-out centre.
     """
     from trainables.classifier import fold_cams
 
@@ -132,9 +204,10 @@ def cam_report(
     indices = np.concatenate([fold.train_indices, split.test_out])
     cams = np.concatenate([np.asarray(fold.cams), held_cams])
     centres = data.centres[indices]
-    scores = []
-    if data.overlays is not None:
-        scores = scores_by_centre(cams, data.overlays[indices], centres, threshold)
+    overlays = None if data.overlays is None else data.overlays[indices]
+    scores = scores_by_centre(
+        cams, data.masks[indices], overlays, centres, threshold=threshold, mode=mode
+    )
     rows = []
     for c in sorted(set(centres.tolist())):
         k = int(np.flatnonzero(centres == c)[0])

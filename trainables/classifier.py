@@ -31,13 +31,17 @@ from trainables.engine import Runtime, seed_everything
 from trainables.models import CentreClassifier, build_centre_classifier
 
 FOLD_FORMAT = 1
-# classifier.augment. flips: rotation's black corners would look like the octagonal/circular
+# classifier.augment "flips": rotation's black corners would look like the octagonal/circular
 # borders that distinguish some centres, teaching the classifier a cue that the augmentation
-# itself created. segmentation: the released code trains it with the segmentation transforms.
-CLASSIFIER_AUGMENTS = {
-    "flips": AugmentConfig(rotate_p=0.0, color_jitter_p=0.0),
-    "segmentation": AugmentConfig(),
-}
+# itself created.
+FLIPS_ONLY = AugmentConfig(rotate_p=0.0, color_jitter_p=0.0)
+SEGMENTATION_AUGMENT = AugmentConfig()  # train.augment's defaults
+
+
+def classifier_augment(cfg: ClassifierConfig, segmentation: AugmentConfig) -> AugmentConfig:
+    """The classifier's training augmentations: flips only, or the trial's own segmentation
+    augmentations (``train.augment``), as the released code trains it."""
+    return FLIPS_ONLY if cfg.augment == "flips" else segmentation
 
 
 class FoldLeakError(AssertionError):
@@ -73,7 +77,15 @@ class FoldArtifacts:
         return model.to(device).eval().requires_grad_(False)
 
 
-def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam: CamChoice) -> str:
+def fold_key(
+    data: DecodedData,
+    split: FoldSplit,
+    cfg: ClassifierConfig,
+    cam: CamChoice,
+    augment: AugmentConfig = SEGMENTATION_AUGMENT,
+) -> str:
+    """The fold cache's key: everything the classifier and its CAMs depend on (``augment`` is
+    the segmentation augmentations, which ``classifier.augment: segmentation`` trains with)."""
     parts = {
         "format": FOLD_FORMAT,
         "dataset": data.dataset_hash,
@@ -84,6 +96,7 @@ def fold_key(data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, cam: Ca
         "train": hashlib.sha256(np.ascontiguousarray(split.train, np.int64).data).hexdigest(),
         "classifier": cfg.model_dump(mode="json"),
         "cam": asdict(cam),
+        "augment": classifier_augment(cfg, augment).model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -102,9 +115,14 @@ def _accuracy(model: nn.Module, loader: DataLoader, runtime: Runtime) -> float:
 
 
 def train_centre_classifier(
-    data: DecodedData, split: FoldSplit, cfg: ClassifierConfig, runtime: Runtime
+    data: DecodedData,
+    split: FoldSplit,
+    cfg: ClassifierConfig,
+    runtime: Runtime,
+    augment: AugmentConfig = SEGMENTATION_AUGMENT,
 ) -> tuple[CentreClassifier, dict[str, float]]:
-    """Cross-entropy training on the fold's training split; accuracy on train and val."""
+    """Cross-entropy training on the fold's training split; accuracy on train and val.
+    ``augment``: the segmentation augmentations (see :func:`classifier_augment`)."""
     assert_fold_isolated(data, split)
     seed = cfg.seed
     seed_everything(seed)
@@ -115,7 +133,7 @@ def train_centre_classifier(
     train_set = SegmentationDataset(
         data,
         split.train,
-        build_train_transform(CLASSIFIER_AUGMENTS[cfg.augment], seed=seed),
+        build_train_transform(classifier_augment(cfg, augment), seed=seed),
         centre_labels=labels,
     )
     if len(train_set) < cfg.batch_size:
@@ -184,7 +202,7 @@ def fold_cams(
     model = model.to(runtime.device).eval()
     out = np.empty((len(ds), data.image_size, data.image_size), np.float16)
     row = 0
-    with model.explainer(cam.attribution, cam.input) as gradcam:
+    with model.explainer(cam.attribution, cam.input, cam.layer) as gradcam:
         for batch in DataLoader(ds, batch_size=batch_size):
             batch = runtime.to_device(batch)
             target = batch["label"] if cam.target == "true" else None
@@ -202,18 +220,20 @@ def prepare_fold(
     cache_root: Path,
     *,
     cam: CamChoice = PAPER_CAM,
+    augment: AugmentConfig = SEGMENTATION_AUGMENT,
 ) -> tuple[FoldArtifacts, bool]:
-    """Loads the fold's artefacts from ``cache_root`` or computes and stores them.
+    """Loads the fold's artefacts from ``cache_root`` or computes and stores them (``augment``:
+    the trial's segmentation augmentations, for ``classifier.augment: segmentation``).
 
     Returns:
         The artefacts and whether they were reused from the cache.
     """
-    key = fold_key(data, split, cfg, cam)
+    key = fold_key(data, split, cfg, cam, augment)
     path = Path(cache_root).expanduser() / f"C{split.held_out}-{key}"
     if (path / "meta.json").exists():
         return load_fold(path), True
     start = time.perf_counter()
-    model, metrics = train_centre_classifier(data, split, cfg, runtime)
+    model, metrics = train_centre_classifier(data, split, cfg, runtime, augment)
     labels = split.centre_labels(data.centres)
     cams = fold_cams(model, data, split.train, runtime, cam=cam, centre_labels=labels)
     metrics["seconds"] = time.perf_counter() - start

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from trainables.models.registry import CLASSIFIER_ARCHS, MODEL_NAMES, VARIANTS
@@ -36,6 +43,32 @@ class AugmentConfig(Strict):
     hflip_p: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     vflip_p: float = Field(0.5, ge=0, le=1, description="probability of a vertical flip")
     color_jitter_p: float = Field(0.3, ge=0, le=1, description="probability of colour jitter")
+    # The three keys below are settings the paper does not state; the defaults keep camsweep's
+    # pipeline (albumentations 2.0 defaults), sweeps/authors-code.yaml sets the released code's.
+    normalise: Literal["last", "first"] = Field(
+        "last",
+        description="when the ImageNet normalisation happens. last: the transforms act on the "
+        "uint8 image, normalised afterwards (camsweep); first: normalise, then rotate, flip and "
+        "jitter the float image, as the released code's A.Compose does — the jitter then clips "
+        "each brightness/contrast/saturation step to [0, 1] of the normalised image, as "
+        "albumentations does for floats. The paper does not state the order",
+    )
+    rotate_border: Literal["constant", "reflect"] = Field(
+        "constant",
+        description="what a rotation fills its corners with, in image, mask and CAM alike. "
+        "constant: 0 (black; with normalise first, 0 of the normalised image, the ImageNet mean "
+        "colour), camsweep's choice; reflect: OpenCV's BORDER_REFLECT_101, the released code's "
+        "A.Rotate() default (albumentations 1.3). The paper does not state it",
+    )
+    hue: float = Field(
+        0.5,
+        ge=0,
+        le=0.5,
+        description="colour jitter's largest hue shift, a fraction of a turn drawn from "
+        "[-hue, hue]: 0.5 is albumentations 2.0's default (camsweep), the released code sets "
+        "0.2; the paper does not state it. Brightness, contrast and saturation factors are "
+        "drawn from [0.8, 1.2] in both (the released code's 0.2 each)",
+    )
 
 
 class SyntheticConfig(Strict):
@@ -144,7 +177,7 @@ class ClassifierConfig(Strict):
     augment: Literal["flips", "segmentation"] = Field(
         "flips",
         description="flips: flips only (camsweep; rotation corners mimic centre borders); "
-        "segmentation: the segmentation's augmentations (released code)",
+        "segmentation: the trial's train.augment, as the released code trains it",
     )
     select: Literal["last", "best_val_accuracy"] = Field(
         "last",
@@ -169,6 +202,9 @@ MASK_DRAWS = ("per_sample", "per_batch")
 # The class activation map: GradCAM or fc-weight CAM, on the Sobel image or the raw RGB one.
 CAM_ATTRIBUTIONS = ("gradcam", "cam")
 CAM_INPUTS = ("sobel", "rgb")
+# The ResNet stage whose activations GradCAM explains: the last (the paper's "last conv layer")
+# or an earlier, finer one. The fc-weight CAM needs layer4: the fc weights belong to its channels.
+CAM_LAYERS = ("layer4", "layer3", "layer2")
 
 
 @dataclass(frozen=True)
@@ -178,6 +214,7 @@ class CamChoice:
     target: str = "predicted"
     attribution: str = "gradcam"
     input: str = "sobel"
+    layer: str = "layer4"
 
 
 PAPER_CAM = CamChoice()  # GradCAM of the predicted centre on the Sobel image
@@ -214,11 +251,26 @@ class MaskingConfig(Strict):
         description="the classifier's input when its CAMs are taken: sobel (paper; what it is "
         "trained on) or rgb (released code)",
     )
+    cam_layer: Literal[CAM_LAYERS] = Field(
+        "layer4",
+        description="the ResNet stage GradCAM explains: layer4, the last (paper and released "
+        "code), or the finer layer3/layer2 (twice/four times layer4's resolution); the cam "
+        "attribution needs layer4",
+    )
+
+    @model_validator(mode="after")
+    def _fc_cam_needs_layer4(self) -> MaskingConfig:
+        if self.attribution == "cam" and self.cam_layer != "layer4":
+            raise ValueError(
+                f"masking.cam_layer {self.cam_layer!r} with masking.attribution 'cam': the "
+                "fc-weight CAM weighs layer4's channels; use cam_layer layer4 or gradcam"
+            )
+        return self
 
     @property
     def cam(self) -> CamChoice:
         """Which maps drive the masking: they key the fold's cached CAMs."""
-        return CamChoice(self.cam_target, self.attribution, self.cam_input)
+        return CamChoice(self.cam_target, self.attribution, self.cam_input, self.cam_layer)
 
     @property
     def masks(self) -> bool:

@@ -117,7 +117,7 @@ class Masker:
             return batch["cam"]
         m = self.masking
         target = batch["label"] if m.cam_target == "true" else None
-        with self.classifier.explainer(m.attribution, m.cam_input) as explain:
+        with self.classifier.explainer(m.attribution, m.cam_input, m.cam_layer) as explain:
             return explain(batch["image"], target=target)
 
     def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -50,7 +50,7 @@ def example_strips(
     probs = torch.sigmoid(model(batch["image"])["logits"].float())
     if fold is not None:
         classifier = fold.load_classifier(runtime.device)
-        with classifier.explainer(fold.cam.attribution, fold.cam.input) as explain:
+        with classifier.explainer(fold.cam.attribution, fold.cam.input, fold.cam.layer) as explain:
             cams = explain(batch["image"])
     else:
         cams = torch.zeros_like(probs)

@@ -40,6 +40,6 @@ def prepare_fold_task(
     split = fold_split(data, cfg.data, cfg.held_out_centre)
     fold, reused = prepare_trial_fold(cfg, data, split, Path(cache_root), runtime)
     if not reused:
-        log_fold_run(wandb_settings, data, split, fold, runtime, threshold=cfg.masking.threshold)
+        log_fold_run(wandb_settings, data, split, fold, runtime, masking=cfg.masking)
     # Materialise the CAMs: the artefact travels through the object store to every trial.
     return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused

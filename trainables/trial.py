@@ -416,4 +416,5 @@ def prepare_trial_fold(
         runtime or Runtime.from_config(cfg.train),
         cache_root,
         cam=cfg.masking.cam,
+        augment=cfg.train.augment,
     )

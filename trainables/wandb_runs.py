@@ -7,8 +7,10 @@ ids, ``wandb.init`` arguments, redaction). Tracking never fails or blocks the wo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 import re
 import sys
 import tempfile
@@ -89,8 +91,10 @@ def guarded_run(settings: dict[str, Any], run_id: str, job_type: str, body) -> N
         print(f"warning: W&B {job_type} run {run_id} not logged ({exc})", file=sys.stderr)
 
 
-def log_fold_run(settings, data, split, fold, runtime, *, threshold: float) -> None:
-    """The fold preparation's own run: classifier accuracy, CAM scores and the CAM figure."""
+def log_fold_run(settings, data, split, fold, runtime, *, masking) -> None:
+    """The fold preparation's own run: classifier accuracy, per-centre CAM quality (see
+    ``cam_report.CamScores``; overlay scores only where the data has overlay truth) and the
+    CAM figure."""
 
     def body(run) -> None:
 
@@ -102,11 +106,14 @@ def log_fold_run(settings, data, split, fold, runtime, *, threshold: float) -> N
         run.summary.update(fold.metrics)
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / "cams.png"
-            scores, _ = cam_report(data, split, fold, runtime, png, threshold=threshold)
+            scores, _ = cam_report(
+                data, split, fold, runtime, png, threshold=masking.threshold, mode=masking.mode
+            )
             run.log({"cams": wandb.Image(str(png))})
         for s in scores:
-            run.summary[f"cam/C{s.centre}/precision"] = s.precision
-            run.summary[f"cam/C{s.centre}/iou"] = s.iou
+            for name, value in dataclasses.asdict(s).items():
+                if name not in ("centre", "frames") and not math.isnan(value):
+                    run.summary[f"cam/C{s.centre}/{name}"] = value
 
     guarded_run(
         settings, f"{settings.get('group', 'camsweep')}-fold-C{split.held_out}", "classifier", body

@@ -3,8 +3,10 @@
 Geometric transforms (rotation, horizontal and vertical flips) move the image, the polyp mask and
 the cached CAM together — the CAM is registered as an extra *mask* target so it follows the same
 geometry with nearest-neighbour sampling (it is binarised afterwards anyway). Colour jitter acts
-on the image only. Normalisation (ImageNet statistics) comes last, in training and evaluation
-alike: :func:`to_normalized_chw`, which the dataset applies after the transform.
+on the image only. Normalisation (ImageNet statistics) comes last by default, in training and
+evaluation alike: :func:`to_normalized_chw`, which the dataset applies after the transform. With
+``normalise: first`` (the released code's order) the transform normalises before everything else
+and hands over a float image, which the dataset then only transposes.
 """
 
 from __future__ import annotations
@@ -38,23 +40,49 @@ def to_normalized_chw(image: np.ndarray) -> np.ndarray:
     return out
 
 
+# OpenCV's border mode per ``AugmentConfig.rotate_border``, for image, mask and CAM alike.
+ROTATE_BORDERS = {"constant": cv2.BORDER_CONSTANT, "reflect": cv2.BORDER_REFLECT_101}
+
+
 def build_train_transform(cfg: AugmentConfig, seed: int | None = None) -> A.Compose:
-    """The augmentations on uint8 HWC arrays; the output is still uint8 (normalise afterwards)."""
-    return A.Compose(
-        [
-            A.Rotate(
-                limit=cfg.rotate_limit,
-                border_mode=cv2.BORDER_CONSTANT,
-                mask_interpolation=cv2.INTER_NEAREST,
-                p=cfg.rotate_p,
-            ),
-            A.HorizontalFlip(p=cfg.hflip_p),
-            A.VerticalFlip(p=cfg.vflip_p),
-            A.ColorJitter(p=cfg.color_jitter_p),
-        ],
-        additional_targets={"cam": "mask"},
-        seed=seed,
-    )
+    """The augmentations on uint8 HWC arrays.
+
+    The output is uint8 with ``normalise: last`` (normalise afterwards, :func:`to_normalized_chw`)
+    and the ImageNet-normalised float32 image with ``normalise: first``.
+    """
+    steps = [
+        A.Rotate(
+            limit=cfg.rotate_limit,
+            border_mode=ROTATE_BORDERS[cfg.rotate_border],
+            mask_interpolation=cv2.INTER_NEAREST,
+            p=cfg.rotate_p,
+        ),
+        A.HorizontalFlip(p=cfg.hflip_p),
+        A.VerticalFlip(p=cfg.vflip_p),
+        # Brightness, contrast and saturation keep albumentations' (0.8, 1.2), which is also
+        # what the released code's 0.2 each means.
+        A.ColorJitter(hue=(-cfg.hue, cfg.hue), p=cfg.color_jitter_p),
+    ]
+    if cfg.normalise == "first":
+        # The released code's A.Normalize() (ImageNet statistics, max_pixel_value 255) leads.
+        # Its flips come before its rotation, ours after: a flip F turns R(θ) into R(-θ) F and
+        # the angle is drawn symmetrically, so both orders give the same distribution.
+        steps.insert(0, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    return A.Compose(steps, additional_targets={"cam": "mask"}, seed=seed)
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    """The network's float32 (3, H, W) input from a training transform's output.
+
+    A uint8 image is normalised here (``normalise: last``); a float image comes from a transform
+    that has normalised it already (``normalise: first``) and is only transposed, so the
+    normalisation is never applied twice. The decoded cache itself is always uint8.
+    """
+    if image.dtype == np.uint8:
+        return to_normalized_chw(image)
+    if image.dtype != np.float32:
+        raise TypeError(f"expected a uint8 or normalised float32 image, got {image.dtype}")
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
 def denormalize(image_chw: np.ndarray) -> np.ndarray:

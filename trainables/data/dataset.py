@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainables.data.augment import to_normalized_chw
+from trainables.data.augment import to_chw
 from trainables.data.cache import DecodedData
 
 
@@ -17,7 +17,8 @@ class SegmentationDataset(Dataset):
     """Frames of one split: image, mask, centre label, dataset index and (optionally) the CAM.
 
     ``transform`` holds the training augmentations (``augment.build_train_transform``); None for
-    evaluation. Images are normalised after it, in both cases.
+    evaluation. Images are normalised after it (or, with ``normalise: first``, by it: see
+    ``augment.to_chw``), in both cases.
 
     Items are dicts of tensors: ``image`` (3, S, S) float normalised, ``mask`` (1, S, S) float
     {0, 1}, ``label`` long (contiguous centre label; -1 for centres outside ``centre_labels``, e.g.
@@ -53,7 +54,7 @@ class SegmentationDataset(Dataset):
             inputs["cam"] = np.asarray(self.cams[item], dtype=np.float32)
         out = self.transform(**inputs) if self.transform is not None else inputs
         sample = {
-            "image": torch.from_numpy(to_normalized_chw(out["image"])),
+            "image": torch.from_numpy(to_chw(out["image"])),
             "mask": torch.from_numpy(out["mask"].astype(np.float32))[None],
             "label": torch.tensor(self.centre_labels.get(int(self.data.centres[i]), -1)),
             "index": torch.tensor(i),

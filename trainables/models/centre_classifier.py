@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from trainables.cam import FcCAM, GradCAM
-from trainables.config import CAM_ATTRIBUTIONS, CAM_INPUTS
+from trainables.config import CAM_ATTRIBUTIONS, CAM_INPUTS, CAM_LAYERS
 from trainables.models.registry import CLASSIFIER_ARCHS
 from trainables.models.weights import is_weights_path, load_weights_file
 
@@ -83,7 +83,9 @@ class CentreClassifier(nn.Module):
         """Number of centres the head classifies."""
         return self.backbone.fc.out_features
 
-    def explainer(self, attribution: str = "gradcam", cam_input: str = "sobel") -> GradCAM:
+    def explainer(
+        self, attribution: str = "gradcam", cam_input: str = "sobel", layer: str = "layer4"
+    ) -> GradCAM:
         """The class activation maps of this classifier, as a context manager (see GradCAM).
 
         Args:
@@ -92,15 +94,22 @@ class CentreClassifier(nn.Module):
             cam_input: ``sobel`` — the Sobel image the classifier is trained on (the paper) —
                 or ``rgb``: the normalised RGB image fed straight to the ResNet, as the released
                 code does (its Sobel step is commented out at CAM time).
+            layer: the ResNet stage explained (``CAM_LAYERS``); ``cam`` needs ``layer4``.
         """
-        if attribution not in CAM_ATTRIBUTIONS or cam_input not in CAM_INPUTS:
+        if (
+            attribution not in CAM_ATTRIBUTIONS
+            or cam_input not in CAM_INPUTS
+            or layer not in CAM_LAYERS
+            or (attribution == "cam" and layer != "layer4")
+        ):
             raise ValueError(
-                f"unknown CAM {attribution!r} on {cam_input!r}; valid: attribution "
-                f"{', '.join(CAM_ATTRIBUTIONS)}, input {', '.join(CAM_INPUTS)}"
+                f"unknown CAM {attribution!r} at {layer!r} on {cam_input!r}; valid: attribution "
+                f"{', '.join(CAM_ATTRIBUTIONS)} (cam at layer4 only), layer "
+                f"{', '.join(CAM_LAYERS)}, input {', '.join(CAM_INPUTS)}"
             )
         model = self if cam_input == "sobel" else self.backbone
         if attribution == "gradcam":
-            return GradCAM(model, self.target_layer)
+            return GradCAM(model, getattr(self.backbone, layer))
         return FcCAM(model, self.target_layer, self.backbone.fc)
 
     def forward(self, x: Tensor) -> Tensor:
