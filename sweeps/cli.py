@@ -152,14 +152,14 @@ def _cmd_cams(args: argparse.Namespace) -> int:
         f"centre classifier for held-out C{split.held_out} ({'reused' if reused else 'trained'}): {acc}"
     )
     out = Path(args.out)
+    masking = cfg.masking
     scores, _ = cam_report(
-        data, split, fold, Runtime.from_config(cfg.train), out, threshold=cfg.masking.threshold
-    )
-    if scores:
-        print(f"CAM ≥ {cfg.masking.threshold:g} vs overlay ground truth:")
-        print(format_scores(scores, split.held_out))
-    else:
-        print("no overlay ground truth in this dataset: figure only")
+        data, split, fold, Runtime.from_config(cfg.train), out,
+        threshold=masking.threshold, mode=masking.mode,
+    )  # fmt: skip
+    truth = "overlay ground truth" if data.overlays is not None else "no overlay truth (NaN)"
+    print(f"CAM ≥ {masking.threshold:g}, mode {masking.mode}, per centre; {truth}:")
+    print(format_scores(scores, split.held_out))
     print(f"figure: {out}")
     return 0
 
@@ -173,7 +173,8 @@ def _local_gpus(address: str | None) -> int | None:
     return torch.cuda.device_count()
 
 
-def _load(args: argparse.Namespace, path: str):
+def _load(args: argparse.Namespace, path: str, *, gpus_here: bool = True):
+    """``gpus_here``: the spec runs on this machine, so check its GPUs (not for a job script)."""
     from sweeps.spec import load_spec, read_spec_yaml, smoke
 
     raw = read_spec_yaml(path)
@@ -185,7 +186,9 @@ def _load(args: argparse.Namespace, path: str):
     return load_spec(
         path,
         # Only a check of this machine asks torch for its GPUs (--file-only stays torch-free).
-        local_gpus=_local_gpus(getattr(args, "address", None)) if environment else None,
+        local_gpus=_local_gpus(getattr(args, "address", None))
+        if environment and gpus_here
+        else None,
         raw=raw,
         environment=environment,
     )
@@ -216,9 +219,22 @@ def _print_status(run_dir: Path) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.launch import run_sweep
+    from sweeps.run_folder import run_in_folder
 
+    if args.resume_if_exists and not args.run_dir:
+        raise ValueError("--resume-if-exists: needs --run-dir (the folder to continue)")
     spec = _load(args, args.spec)
-    run_dir = run_sweep(spec, address=args.address, verbose=args.verbose)
+    if args.run_dir:
+        run_dir = run_in_folder(
+            spec,
+            args.spec,
+            args.run_dir,
+            resume_if_exists=args.resume_if_exists,
+            address=args.address,
+            verbose=args.verbose,
+        )
+    else:
+        run_dir = run_sweep(spec, address=args.address, verbose=args.verbose)
     _print_status(run_dir)
     print(f"run folder: {run_dir}")
     if not args.no_export:
@@ -233,6 +249,47 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
     run_dir = resume_sweep(Path(args.run_dir), address=args.address, verbose=args.verbose)
     _print_status(run_dir)
+    return 0
+
+
+def _cmd_slurm(args: argparse.Namespace) -> int:
+    from sweeps.slurm import SlurmJob, default_cpus, job_problems, submit, write_script
+    from sweeps.spec import SLURM_DIR, SpecError
+
+    # Checked here (data, storage, the space) but not against this machine's GPUs: a login node
+    # has none; the job's GPUs come from --gpus-per-node.
+    spec = _load(args, args.spec, gpus_here=False)
+    if args.run_dir:
+        run_dir = Path(args.run_dir).expanduser().resolve()
+    elif "://" in spec.storage_root():
+        raise ValueError("--run-dir: required when storage.path is a URI (a shared folder)")
+    else:
+        run_dir = Path(spec.storage_root()) / spec.name
+    flags = ["--smoke"] * args.smoke + ["--verbose"] * args.verbose
+    if args.storage:
+        flags += ["--storage", args.storage]
+    job = SlurmJob(
+        spec_path=Path(args.spec).resolve(),
+        run_dir=run_dir,
+        name=spec.name,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task or default_cpus(spec, args.gpus_per_node),
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        run_flags=flags,
+        export=not args.no_export,
+    )
+    problems = job_problems(spec, job)
+    if problems:
+        raise SpecError("camsweep slurm", problems)
+    script = write_script(job, Path(args.out).resolve() if args.out else None)
+    print(f"wrote {script} (run folder {run_dir}, logs {run_dir / SLURM_DIR}/job-<id>.out)")
+    if args.submit:
+        print(submit(script))
+    else:
+        print(f"submit with: sbatch {script}   (again, or requeued: it continues the run)")
     return 0
 
 
@@ -415,6 +472,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true", help="a few tiny trials of this spec")
     run.add_argument("--storage", help="override storage.path")
     run.add_argument("--no-export", action="store_true", help="skip `camsweep export` at the end")
+    run.add_argument(
+        "--run-dir",
+        help="the run folder (default <storage>/<name>-<timestamp>); refused if it holds a sweep, "
+        "unless --resume-if-exists",
+    )
+    run.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="with --run-dir: continue the sweep that folder holds (as `camsweep resume`), or "
+        "start there if it holds none — a resubmitted or requeued job continues its run",
+    )
     run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     run.set_defaults(func=_cmd_run)
 
@@ -423,6 +491,29 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--address")
     resume.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     resume.set_defaults(func=_cmd_resume)
+
+    slurm = sub.add_parser(
+        "slurm", help="write an sbatch script that runs the sweep and, run again, continues it"
+    )
+    slurm.add_argument("spec")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes (default 1: embedded Ray)")
+    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0)")
+    slurm.add_argument(
+        "--cpus-per-task",
+        type=int,
+        help="CPUs per node (default: resources.cpu × the trials the node's GPUs hold)",
+    )
+    slurm.add_argument("--time", help="wall-time limit, [D-]HH:MM:SS (default: the partition's)")
+    slurm.add_argument("--partition", help="Slurm partition")
+    slurm.add_argument("--account", help="Slurm account")
+    slurm.add_argument("--run-dir", help="the job's fixed run folder (default <storage>/<name>)")
+    slurm.add_argument("--out", help="script to write (default RUN_DIR/slurm/camsweep.sbatch)")
+    slurm.add_argument("--submit", action="store_true", help="also sbatch it")
+    slurm.add_argument("--smoke", action="store_true", help="the job runs the --smoke version")
+    slurm.add_argument("--storage", help="override storage.path")
+    slurm.add_argument("--no-export", action="store_true", help="no `camsweep export` at the end")
+    slurm.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    slurm.set_defaults(func=_cmd_slurm)
 
     status = sub.add_parser("status", help="trials of a run: state, epoch, Dice")
     status.add_argument("run_dir")

@@ -24,6 +24,7 @@ from ray import tune
 from ray._private import ray_constants
 
 from search_spaces.build import build_search
+from sweeps.allocation import allocated_cpus, allocated_gpus, ray_temp_dir
 from sweeps.spec import (
     FINISHED_DIR,
     FOLDS_FILE,
@@ -68,7 +69,10 @@ def init_ray(config: RayConfig, address: str | None, *, verbose: bool = False) -
             # Always a Ray of its own: without "local", ray.init joins any cluster it finds in
             # RAY_ADDRESS or in the temp dir's ray_current_cluster (another user's, a stale one).
             address="local",
-            num_cpus=config.num_cpus,
+            # On a shared node only what this process was allotted, not the whole machine.
+            num_cpus=config.num_cpus or allocated_cpus(),
+            num_gpus=allocated_gpus() if config.num_gpus is None else config.num_gpus,
+            _temp_dir=str(ray_temp_dir()),
             object_store_memory=config.object_store_mb << 20,
             include_dashboard=config.dashboard,
             dashboard_host="127.0.0.1",
@@ -227,11 +231,16 @@ def build_tuner(
     )
 
 
+def spec_text(spec: SweepSpec) -> str:
+    """The resolved spec as stored in a run folder (``SPEC_FILE``)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
 def _write_run_files(
     spec: SweepSpec, run_dir: Path, folds_summary: dict[str, Any], remote: str | None
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SPEC_FILE).write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    (run_dir / SPEC_FILE).write_text(spec_text(spec))
     (run_dir / FOLDS_FILE).write_text(json.dumps(folds_summary, indent=2))
     if remote:  # keep camsweep's files with Tune's on the remote storage too
         fs, path = pyarrow.fs.FileSystem.from_uri(remote)
@@ -260,17 +269,30 @@ def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Pat
     return data_ref, folds, summary
 
 
-def run_sweep(spec: SweepSpec, *, address: str | None = None, verbose: bool = False) -> Path:
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+    run_dir: Path | None = None,
+) -> Path:
     """Runs a validated sweep to completion; returns its run folder. ``verbose``: Tune's
-    per-trial tables and the workers' log lines on the console too."""
-    root = spec.storage_root()
-    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    remote = root if "://" in root else None
-    run_dir = local_mirror(name) if remote else Path(root) / name
+    per-trial tables and the workers' log lines on the console too. ``run_dir``: a fixed local
+    run folder (``camsweep run --run-dir``) instead of ``<storage>/<name>-<timestamp>``."""
+    if run_dir is None:
+        root = spec.storage_root()
+        name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        remote = root if "://" in root else None
+        run_dir = local_mirror(name) if remote else Path(root) / name
+    else:
+        name, remote = run_dir.name, None
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
     held_out = spec.held_out_centres()
     manifest, data = prepare_data(spec.data, held_out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # The spec first: a job killed while folds are prepared leaves a folder that says whose it
+    # is, so `camsweep run --run-dir … --resume-if-exists` can start it again.
+    (run_dir / SPEC_FILE).write_text(spec_text(spec))
     data_ref, folds, summary = _start(spec, data, address, run_dir, verbose)
     summary["frame_level_split"] = frame_level_centres(manifest, held_out)
     _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)

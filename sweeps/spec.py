@@ -37,6 +37,7 @@ from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
 SPEC_FILE = "camsweep-spec.yaml"  # the resolved spec
 FOLDS_FILE = "camsweep-folds.json"  # which folds were prepared or reused
 FINISHED_DIR = "camsweep-finished"  # <trial id>/results.json of every finished trial
+SLURM_DIR = "slurm"  # `camsweep slurm`: the job script and its logs
 SELECTION_METRICS = ("val/dice", "val/iou", "val/recall", "val/precision", "val/accuracy")
 
 
@@ -105,7 +106,15 @@ class StorageConfig(Strict):
 class RayConfig(Strict):
     """Settings of the embedded local Ray (ignored with --address)."""
 
-    num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may use; default: all")
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs Ray may use; default: those this process may run on (CPU affinity, "
+        "SLURM_CPUS_PER_TASK)",
+    )
+    num_gpus: int | None = Field(
+        None, ge=0, description="GPUs Ray may use; default: CUDA_VISIBLE_DEVICES, else all"
+    )
     object_store_mb: int = Field(512, ge=64, description="Ray object store (the shared dataset)")
     dashboard: bool = Field(False, description="start Ray's dashboard (localhost only)")
 

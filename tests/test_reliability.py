@@ -57,6 +57,8 @@ def test_failing_trial_wandb_outage_and_no_leaked_secret(tmp_path, local_ray, mo
 
 @pytest.mark.slow
 def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
+    """A three-node cluster (head + two workers) loses a worker mid-sweep: every trial still
+    finishes, resumed from its checkpoints, and the trials ran on both surviving nodes."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -95,6 +97,12 @@ def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
             assert sorted(set(epochs)) == [1, 2, 3, 4]  # nothing reported before the loss is lost
         print(f"retried trials: {sum(t.failures for t in trials)}, epochs redone: {redone}")
         assert sum(t.failures for t in trials) >= 1  # the node loss really hit a trial
+        # A sweep given a cluster's address spreads its trials over the nodes.
+        nodes = {
+            json.loads((t.path / "results.json").read_text())["provenance"]["ray_node_id"]
+            for t in trials
+        }
+        assert len(nodes) == 2, nodes
     finally:
         ray.shutdown()
         cluster.shutdown()
