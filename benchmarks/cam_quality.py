@@ -3,7 +3,7 @@ the share of CAM energy on overlay pixels beside the overlay's own area share (c
 shares of overlay and of polyp pixels the masking removes. Goals (issue 15): on the training
 centres, energy ≥ 3× chance and polyp pixels masked < 10 %.
 
-    python -m benchmarks.cam_quality [--spec sweeps/demo.yaml] [--image-size 256]
+    python -m benchmarks.cam_quality [--spec sweeps/demo.yaml] [--image-size 256] [--held-out 6]
 
 It prepares each of the spec's held-out folds exactly as a sweep does (same data, classifier,
 CAM choice and fold split), on the spec's data — the demo's synthetic tree is written first
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", default="sweeps/demo.yaml")
     parser.add_argument("--image-size", type=int, help="instead of the spec's data.image_size")
+    parser.add_argument("--held-out", type=int, nargs="*", help="only these of the spec's folds")
     parser.add_argument("--figures", default="bench-data", help="folder for the CAM figures")
     args = parser.parse_args()
     raw = read_spec_yaml(args.spec)
@@ -43,7 +44,7 @@ def main() -> None:
         raw["data"]["cache_dir"] = str(Path(tmp) / "cache")
         spec = load_spec(args.spec, raw=raw, local_gpus=0)
         held_out = next(a for a in spec.axes if a.name == "held_out_centre").values
-        for centre in held_out:
+        for centre in args.held_out or held_out:
             _fold(spec, centre, Path(tmp) / "folds", Path(args.figures))
 
 

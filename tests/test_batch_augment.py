@@ -279,44 +279,54 @@ def test_jitter_with_random_order_matches_albumentations_float_maths():
         assert _levels(out[k], ref).max() <= 0.01, f"sample {k}, order {orders[k]}"
 
 
+def _random_params(n: int, *, seed: int, hue_range, jitter: dict[int, bool] | None = None):
+    """Every transform with random parameters: rotation always, flips and jitter drawn
+    (``jitter`` forces some samples), jitter factors, hue and order at random. Returns the
+    parameters and the drawn values (float64, for the albumentations reference)."""
+    rng = np.random.default_rng(seed)
+    drawn = {"angle": rng.uniform(-90, 90, n)}
+    drawn["hflip"], drawn["vflip"], drawn["jitter"] = (rng.random(n) < 0.5 for _ in range(3))
+    for i, value in (jitter or {}).items():
+        drawn["jitter"][i] = value
+    for k in ("brightness", "contrast", "saturation"):
+        drawn[k] = rng.uniform(0.8, 1.2, n)
+    drawn["hue"] = rng.uniform(*hue_range, n)
+    drawn["order"] = np.stack([rng.permutation(4) for _ in range(n)])
+    return _params(n, rotate=True, **drawn), drawn
+
+
+def _albumentations_replay(scene, k: int, drawn: dict, *, border: int = 0, first: bool = False):
+    """Sample ``k``'s drawn transforms replayed with albumentations: (image, mask, CAM).
+    ``first``: normalised before the transforms; ``border``: the rotation's OpenCV border."""
+    image, mask, cam = scene
+    steps = [NORMALIZE] if first else []
+    steps += [
+        A.Rotate(limit=(drawn["angle"][k],) * 2, p=1, border_mode=border, mask_interpolation=0),
+        A.HorizontalFlip(p=float(drawn["hflip"][k])),
+        A.VerticalFlip(p=float(drawn["vflip"][k])),
+    ]
+    moved = A.Compose(steps, additional_targets={"cam": "mask"})(image=image, mask=mask, cam=cam)
+    image = moved["image"]
+    if drawn["jitter"][k]:
+        kw = {key: float(drawn[key][k]) for key in ("brightness", "contrast", "saturation")}
+        order = list(drawn["order"][k])
+        image = A.ColorJitter().apply(image, **kw, hue=float(drawn["hue"][k]), order=order)
+    return image, moved["mask"], moved["cam"]
+
+
 def test_whole_pipeline_matches_albumentations_with_known_parameters():
     n = 10
-    rng = np.random.default_rng(7)
     scenes = [_scene(60 + s) for s in range(n)]
-    angles = rng.uniform(-90, 90, n)
-    hflip, vflip, jitter = (rng.random(n) < 0.5 for _ in range(3))
-    factors = {k: rng.uniform(0.8, 1.2, n) for k in ("brightness", "contrast", "saturation")}
-    hue = rng.uniform(*HUE_RANGE, n)
-    orders = np.stack([rng.permutation(4) for _ in range(n)])
-    params = _params(
-        n,
-        rotate=True,
-        angle=angles,
-        hflip=hflip,
-        vflip=vflip,
-        jitter=jitter,
-        hue=hue,
-        order=orders,
-        **factors,
-    )
+    params, drawn = _random_params(n, seed=7, hue_range=HUE_RANGE)
     outs = {m: BatchAugment(NO_AUG, row_selection=m).apply(*_batch(scenes), params) for m in MODES}
-    for k, (i, m, c) in enumerate(scenes):
-        geometry = [
-            A.Rotate(limit=(angles[k],) * 2, p=1, border_mode=0, mask_interpolation=0),
-            A.HorizontalFlip(p=float(hflip[k])),
-            A.VerticalFlip(p=float(vflip[k])),
-        ]
-        moved = A.Compose(geometry, additional_targets={"cam": "mask"})(image=i, mask=m, cam=c)
-        image = moved["image"]
-        if jitter[k]:
-            kw = {key: float(v[k]) for key, v in factors.items()}
-            image = A.ColorJitter().apply(image, **kw, hue=float(hue[k]), order=list(orders[k]))
-        ref = _reference([], image, moved["mask"], moved["cam"])
+    for k, scene in enumerate(scenes):
+        image, mask, cam = _albumentations_replay(scene, k, drawn)
+        ref = _reference([], image, mask, cam)
         for mode, (out, out_mask, out_cam) in outs.items():
             diff = _levels(out[k], ref["image"])
-            assert diff.mean() <= (2.5 if jitter[k] else 0.3), (mode, k, diff.mean())
-            _assert_labels_match(out_mask[k, 0], moved["mask"])
-            _assert_labels_match(out_cam[k, 0], moved["cam"])
+            assert diff.mean() <= (2.5 if drawn["jitter"][k] else 0.3), (mode, k, diff.mean())
+            _assert_labels_match(out_mask[k, 0], mask)
+            _assert_labels_match(out_cam[k, 0], cam)
     for a, b in zip(outs["index"], outs["where"]):
         assert torch.allclose(a, b, atol=1e-4), "row selection modes disagree"
 
@@ -453,49 +463,21 @@ def test_released_code_pipeline_matches_albumentations_with_known_parameters(mod
     """normalise first, reflected border, hue within ±0.2 — the released code's A.Compose
     (Normalize, flips, Rotate, ColorJitter; our flips follow the rotation, see BatchAugment)."""
     n = 10
-    rng = np.random.default_rng(11)
     scenes = [_scene(140 + s) for s in range(n)]
-    angles = rng.uniform(-90, 90, n)
-    hflip, vflip, jitter = (rng.random(n) < 0.5 for _ in range(3))
-    jitter[:2] = True  # both kinds of sample, whatever the draw
-    jitter[2:4] = False
-    factors = {k: rng.uniform(0.8, 1.2, n) for k in ("brightness", "contrast", "saturation")}
-    hue = rng.uniform(-0.2, 0.2, n)
-    orders = np.stack([rng.permutation(4) for _ in range(n)])
-    params = _params(
-        n,
-        rotate=True,
-        angle=angles,
-        hflip=hflip,
-        vflip=vflip,
-        jitter=jitter,
-        hue=hue,
-        order=orders,
-        **factors,
+    # Both kinds of sample, whatever the draw: jittered (0, 1) and not (2, 3).
+    params, drawn = _random_params(
+        n, seed=11, hue_range=(-0.2, 0.2), jitter={0: True, 1: True, 2: False, 3: False}
     )
     cfg = _cfg(normalise="first", rotate_border="reflect", hue=0.2)
     out, out_mask, out_cam = BatchAugment(cfg, row_selection=mode).apply(*_batch(scenes), params)
-    for k, (i, m, c) in enumerate(scenes):
-        steps = [
-            NORMALIZE,
-            A.Rotate(
-                limit=(angles[k],) * 2,
-                p=1,
-                border_mode=cv2.BORDER_REFLECT_101,
-                mask_interpolation=0,
-            ),
-            A.HorizontalFlip(p=float(hflip[k])),
-            A.VerticalFlip(p=float(vflip[k])),
-        ]
-        ref = A.Compose(steps, additional_targets={"cam": "mask"})(image=i, mask=m, cam=c)
-        image = ref["image"]
-        if jitter[k]:
-            kw = {key: float(v[k]) for key, v in factors.items()}
-            image = A.ColorJitter().apply(image, **kw, hue=float(hue[k]), order=list(orders[k]))
+    for k, scene in enumerate(scenes):
+        image, mask, cam = _albumentations_replay(
+            scene, k, drawn, border=cv2.BORDER_REFLECT_101, first=True
+        )
         diff = _levels(out[k], image)
         assert diff.max() <= 0.05, (k, diff.mean(), diff.max())
-        _assert_labels_match(out_mask[k, 0], ref["mask"])
-        _assert_labels_match(out_cam[k, 0], ref["cam"])
+        _assert_labels_match(out_mask[k, 0], mask)
+        _assert_labels_match(out_cam[k, 0], cam)
 
 
 # --- probabilities and seeding ------------------------------------------------------------------

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks import BENCHMARKS, Benchmark, common, gpu, report, run
+from benchmarks import BENCHMARKS, Benchmark, common, gpu, method_effect, report, run
+from sweeps.stats import BootstrapCI
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +93,21 @@ def test_the_runner_shares_one_run_id_and_stops_at_the_first_failure(monkeypatch
         run.main(["common"])  # not a benchmark
 
 
+def test_the_method_effect_table_has_a_row_per_fold_and_the_mean_over_folds():
+    def fold(centre, p0, masked, low, high):
+        ci = BootstrapCI(masked - p0, low, high, 0.95, 30, (3, 3), 1000, paired=True)
+        accuracy = {"train_accuracy": 1.0, "val_accuracy": 0.95}
+        return method_effect.FoldEffect(centre, p0, masked, ci, accuracy)
+
+    lines = method_effect.markdown_table(
+        [fold(1, 0.5, 0.6, 0.02, 0.18), fold(2, 0.7, 0.65, -0.2, 0.01)]
+    )
+    assert lines[2] == "| C1 | 30 | 0.5000 | 0.6000 | +0.1000 | [+0.0200, +0.1800] | 1.00 / 0.95 |"
+    assert lines[3] == "| C2 | 30 | 0.7000 | 0.6500 | -0.0500 | [-0.2000, +0.0100] | 1.00 / 0.95 |"
+    # The mean of the folds' differences; only C1's CI excludes 0.
+    assert lines[4] == "| mean over folds | | 0.6000 | 0.6250 | +0.0250 | 1 CI above 0, 0 below | |"
+
+
 def test_a_benchmark_that_fails_gives_a_non_zero_status():
     assert run.run_one(Benchmark("no_such_benchmark", ""), "run-1") != 0
 
@@ -145,6 +161,7 @@ def test_the_figures_table_gives_ranges_runs_and_median_ratios_per_machine():
         "| `benchmarks.cam_quality` | not run on this machine in the results file |  |  |  |",
         "| `benchmarks.sweep_overhead` | not run in the results file |  |  |  |",
         "| `benchmarks.gpu` | not run in the results file |  |  |  |",
+        "| `benchmarks.method_effect` | not run in the results file |  |  |  |",
     ]
     assert "| `cam_quality.iou_training_centres` | 0.213 | fraction | 1 |  |" in _table(
         section, "m2"

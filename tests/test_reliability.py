@@ -37,8 +37,12 @@ def test_failing_trial_wandb_outage_and_no_leaked_secret(tmp_path, local_ray, mo
     elapsed = time.monotonic() - start
     trials = {t.config["seed"]: t for t in read_run(run_dir)}
     assert trials[0].finished
+    # A trial that keeps failing is errored with its reason after Tune's retries.
     assert trials[1].status == "ERROR" and "diverged" in (trials[1].error or "")
+    assert trials[1].failures == 3  # the first attempt and Tune's two retries
     assert "errored" in format_status(list(trials.values()), ["seed"])
+    assert main(["status", str(run_dir)]) == 0
+    assert "diverged" in capsys.readouterr().out
     # Trials finished on time despite the outage: well under the W&B timeouts × attempts.
     assert elapsed < 240, elapsed
     # The metrics were kept offline for a later `camsweep wandb-sync`.
@@ -106,46 +110,6 @@ def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
-
-
-@pytest.mark.slow
-def test_trial_that_keeps_raising_is_errored_with_its_reason(tmp_path, local_ray, capsys):
-    raw = tiny_spec(
-        tmp_path,
-        space={"arch": "unet", "held_out_centre": {"grid": [2]}, "seed": {"grid": [0, 1]}},
-        fault={"raise_at_epoch": 1, "once": False, "seeds": [1]},
-    )
-    run_dir = run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0))
-    trials = {t.config["seed"]: t for t in read_run(run_dir)}
-    assert trials[0].finished
-    assert trials[1].status == "ERROR" and "injected fault at epoch 1" in (trials[1].error or "")
-    assert trials[1].failures == 3  # the first attempt and Tune's two retries
-    assert main(["status", str(run_dir)]) == 0
-    assert "injected fault at epoch 1" in capsys.readouterr().out
-    assert main(["export", str(run_dir), "--no-wandb"]) == 0
-    out = capsys.readouterr().out
-    assert trials[1].trial_id in out and "left out" in out
-
-
-@pytest.mark.slow
-def test_corrupted_latest_checkpoint_in_a_running_sweep_falls_back_to_the_previous_one(
-    tmp_path, local_ray
-):
-    raw = tiny_spec(tmp_path, space={"arch": "unet", "held_out_centre": {"grid": [2]}})
-    raw["train"].update(epochs=3, checkpoint_every=1)
-    [clean] = read_run(run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0)))
-    # At the start of epoch 3 the trial truncates its stored epoch-2 checkpoint, then crashes.
-    raw["fault"] = {"raise_at_epoch": 3, "corrupt_checkpoint": True}
-    [trial] = read_run(run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0)))
-    assert trial.finished and trial.failures == 1, trial.error
-    # The retry found epoch 2's checkpoint corrupt, resumed from epoch 1's and redid epoch 2:
-    # Tune restored its iteration count (2) with the checkpoint, then counted epochs 2 and 3.
-    # (Resuming from epoch 2's checkpoint would end at 3, starting afresh at 5. Tune's
-    # result.json is no witness: on a restore Tune replaces it with the last synced copy.)
-    assert trial.last_result["epoch"] == 3 and trial.last_result["training_iteration"] == 4
-    # …and ended exactly where an uninterrupted trial ends (resume is deterministic).
-    assert trial.final["test_out/dice"] == pytest.approx(clean.final["test_out/dice"], abs=1e-6)
-    assert trial.final["val/dice"] == pytest.approx(clean.final["val/dice"], abs=1e-6)
 
 
 # --- bad-input corpus: one clear message naming the culprit, exit 2, no traceback, nothing run --

@@ -25,10 +25,23 @@ pytestmark = pytest.mark.slow
 CAMSWEEP = Path(sys.executable).parent / "camsweep"
 
 
-def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(tmp_path, local_ray):
-    raw = tiny_spec(tmp_path)
-    spec = load_spec("tiny.yaml", raw=raw, local_gpus=0)
-    run_dir = run_sweep(spec)
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> tuple[Path, dict, Path]:
+    """The tiny sweep (2 epochs) run to completion, uninterrupted: checked by the smoke test and
+    the yardstick of the interrupted one. Returns (storage root, raw spec, run folder)."""
+    from sweeps.launch import init_ray
+    from sweeps.spec import RayConfig
+
+    init_ray(RayConfig(num_cpus=2, object_store_mb=256), address=None)  # as `local_ray`
+    root = tmp_path_factory.mktemp("straight")
+    raw = tiny_spec(root)
+    raw["train"]["epochs"] = 2
+    return root, raw, run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
+
+
+def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(straight_run):
+    tmp_path, raw, run_dir = straight_run
+    raw = dict(raw)
     trials = read_run(run_dir)
     assert len(trials) == 4 and all(t.finished for t in trials), format_status(trials, ["p"])
     folds = json.loads((run_dir / "camsweep-folds.json").read_text())
@@ -63,7 +76,7 @@ def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(tmp_path, loca
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
-    tmp_path, local_ray, monkeypatch
+    tmp_path, local_ray, monkeypatch, straight_run
 ):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     raw = tiny_spec(tmp_path, max_concurrent_trials=1)
@@ -109,12 +122,11 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     ids = {read_wandb_run(next(d.glob("run-*.wandb")))["run_id"] for d in offline_run_dirs(run_dir)}
     trial_ids = {wandb_run_id(run_dir.name, t.trial_id) for t in trials}
     assert trial_ids <= ids and len(ids - trial_ids) <= 3  # + fold runs (2) and nothing else
-    # The exported table equals that of an uninterrupted sweep with the same seeds.
+    # The exported table equals that of an uninterrupted sweep with the same seeds (one at a
+    # time, W&B off: neither changes a result).
     from sweeps.cli import main
 
-    raw["name"] = "straight"
-    raw["tracking"] = {"wandb": {"mode": "disabled"}}
-    straight = run_sweep(load_spec("s.yaml", raw=raw, local_gpus=0))
+    straight = straight_run[2]
     tables = []
     for folder in (run_dir, straight):
         assert main(["export", str(folder), "--no-wandb", "--n-boot", "200"]) == 0

@@ -79,20 +79,37 @@ def test_offline_run_file_reads_back(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_logs_one_offline_run_per_trial_even_when_retried(tmp_path, local_ray, monkeypatch):
+def test_retried_trials_continue_their_wandb_run_and_resume_past_a_corrupted_checkpoint(
+    tmp_path, local_ray, monkeypatch
+):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     raw = tiny_spec(
         tmp_path,
         space={"arch": "unet", "held_out_centre": {"grid": [2]}, "p": {"grid": [0.0, 0.5]}},
-        # Every trial fails at epoch 2 once, then is retried from its epoch-1 checkpoint.
-        fault={"raise_at_epoch": 2, "once": True},
     )
-    raw["train"].update(epochs=2, checkpoint_every=1)
+    raw["train"].update(epochs=3, checkpoint_every=1)
+    # The uninterrupted yardstick, in storage of its own: the faulty sweep prepares (and logs)
+    # its fold itself instead of reusing this one's.
+    straight = {**raw, "storage": {"path": str(tmp_path / "straight")}}
+    clean = {t.config["p"]: t for t in read_run(run_sweep(load_spec("t.yaml", raw=straight)))}
+    # Every trial, at the start of epoch 3, truncates its stored epoch-2 checkpoint (as a crash
+    # mid-copy would leave it) and crashes, once; Tune retries it from its checkpoints.
+    raw["fault"] = {"raise_at_epoch": 3, "corrupt_checkpoint": True, "once": True}
     raw["tracking"] = {"wandb": {"mode": "auto", "project": "camsweep-test"}}
     run_dir = run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0))
     trials = read_run(run_dir)
-    assert all(t.finished and t.failures == 1 for t in trials)
+    assert all(t.finished and t.failures == 1 for t in trials), [t.error for t in trials]
+    for trial in trials:
+        # The retry found epoch 2's checkpoint corrupt, resumed from epoch 1's and redid epoch
+        # 2: Tune restored its iteration count (2) with the checkpoint, then counted epochs 2
+        # and 3. (Resuming from epoch 2's would end at 3, starting afresh at 5. Tune's
+        # result.json is no witness: on a restore Tune replaces it with the last synced copy.)
+        assert trial.last_result["epoch"] == 3 and trial.last_result["training_iteration"] == 4
+        # …and ended exactly where an uninterrupted trial ends (resume is deterministic).
+        same = clean[trial.config["p"]].final
+        assert trial.final["test_out/dice"] == pytest.approx(same["test_out/dice"], abs=1e-6)
+        assert trial.final["val/dice"] == pytest.approx(same["val/dice"], abs=1e-6)
     runs = defaultdict(list)
     for folder in offline_run_dirs(run_dir):
         info = read_wandb_run(next(folder.glob("run-*.wandb")))

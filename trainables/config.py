@@ -204,7 +204,7 @@ CAM_ATTRIBUTIONS = ("gradcam", "cam")
 CAM_INPUTS = ("sobel", "rgb")
 # The ResNet stage whose activations GradCAM explains: the last (the paper's "last conv layer")
 # or an earlier, finer one. The fc-weight CAM needs layer4: the fc weights belong to its channels.
-CAM_LAYERS = ("layer4", "layer3", "layer2")
+CAM_LAYERS = ("layer4", "layer3", "layer2", "layer1")
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,7 @@ class MaskingConfig(Strict):
     cam_layer: Literal[CAM_LAYERS] = Field(
         "layer4",
         description="the ResNet stage GradCAM explains: layer4, the last (paper and released "
-        "code), or the finer layer3/layer2 (twice/four times layer4's resolution); the cam "
+        "code), or the finer layer3/layer2/layer1 (2/4/8 times layer4's resolution); the cam "
         "attribution needs layer4",
     )
 
