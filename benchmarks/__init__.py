@@ -73,7 +73,15 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "a reduced synthetic Table 1 run as a sweep: per held-out centre, UNet's "
         "out-of-distribution Dice at p = 0.5 vs p = 0 over seeds, with the paired bootstrap 95 % "
         "CI of the difference",
-        figure_keys=("image_size", "epochs", "classifier_epochs", "seeds", "data", "variant"),
+        figure_keys=(
+            "image_size",
+            "epochs",
+            "classifier_epochs",
+            "cam_layer",
+            "seeds",
+            "data",
+            "variant",
+        ),
     ),
 )
 

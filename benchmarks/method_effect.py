@@ -58,6 +58,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=16,
         help="at 64 px, 8 left C3's classifier at chance",
     )
+    parser.add_argument(
+        "--cam-layer",
+        default="layer2",
+        help="masking.cam_layer: the demo's layer2 localises the overlays at 64 px, layer4 does "
+        "not (README, 'The demo's CAMs')",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="trial seeds 0..N-1 per arm")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--per-centre", type=int, default=None, help="frames per centre (default 30)")
@@ -95,7 +101,7 @@ def sweep_spec(args: argparse.Namespace, *, gpus: int) -> dict[str, Any]:
         },
         "model": {"variant": args.variant},
         "classifier": {"arch": "resnet18", "epochs": args.classifier_epochs, "lr": 1.0e-3},
-        "masking": {"threshold": 0.5, "mode": "occlude"},
+        "masking": {"threshold": 0.5, "mode": "occlude", "cam_layer": args.cam_layer},
         "train": {
             "epochs": args.epochs,
             "batch_size": 4,
@@ -114,6 +120,7 @@ def sweep_spec(args: argparse.Namespace, *, gpus: int) -> dict[str, Any]:
         "resources": {"cpu": 1, "gpu": 0.5 if gpus else 0},
         "tracking": {"wandb": {"mode": "disabled"}},
         "storage": {"path": str(out)},
+        "checkpoints_to_keep": 1,  # ~90 MB each: the resume point is all this run needs
         "ray": {"num_cpus": allocated_cpus(), "object_store_mb": 256},
     }
 
@@ -253,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "image_size": args.image_size,
         "epochs": args.epochs,
         "classifier_epochs": args.classifier_epochs,
+        "cam_layer": args.cam_layer,
         "seeds": args.seeds,
         "data": synthetic_settings(args),
         "variant": args.variant,
