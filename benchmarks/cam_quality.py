@@ -4,6 +4,7 @@ shares of overlay and of polyp pixels the masking removes. Goals (issue 15): on 
 centres, energy ≥ 3× chance and polyp pixels masked < 10 %.
 
     python -m benchmarks.cam_quality [--spec sweeps/demo.yaml] [--image-size 256] [--held-out 6]
+        [--set masking.cam_layer=layer4 --set classifier.epochs=4 ...]
 
 It prepares each of the spec's held-out folds exactly as a sweep does (same data, classifier,
 CAM choice and fold split), on the spec's data — the demo's synthetic tree is written first
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from benchmarks.common import demo_tree, emit
 from sweeps.spec import load_spec, read_spec_yaml
@@ -33,6 +36,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, help="instead of the spec's data.image_size")
     parser.add_argument("--held-out", type=int, nargs="*", help="only these of the spec's folds")
     parser.add_argument("--figures", default="bench-data", help="folder for the CAM figures")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a spec key, e.g. "
+        "masking.cam_layer=layer4 (the value is read as YAML)"
+    )  # fmt: skip
     args = parser.parse_args()
     raw = read_spec_yaml(args.spec)
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,11 +48,24 @@ def main() -> None:
             raw["data"]["root"] = str(demo_tree(Path(tmp) / "demo-data"))
         if args.image_size:
             raw["data"]["image_size"] = args.image_size
+        for item in args.set:
+            _set(raw, item)
         raw["data"]["cache_dir"] = str(Path(tmp) / "cache")
         spec = load_spec(args.spec, raw=raw, local_gpus=0)
         held_out = next(a for a in spec.axes if a.name == "held_out_centre").values
         for centre in args.held_out or held_out:
             _fold(spec, centre, Path(tmp) / "folds", Path(args.figures))
+
+
+def _set(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+    *sections, name = key.split(".")
+    node = raw
+    for section in sections:
+        node = node.setdefault(section, {})
+    node[name] = yaml.safe_load(value)
 
 
 def _fold(spec, centre: int, cache: Path, figures: Path) -> None:
@@ -72,6 +92,7 @@ def _fold(spec, centre: int, cache: Path, figures: Path) -> None:
         "classifier": cfg.classifier.arch,
         "classifier_epochs": cfg.classifier.epochs,
         "cam_layer": masking.cam_layer,
+        "attribution": masking.attribution,
         "threshold": masking.threshold,
     }
     for key in ("train_accuracy", "val_accuracy"):

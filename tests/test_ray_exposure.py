@@ -1,10 +1,12 @@
-"""The embedded Ray that `camsweep run` starts must not be reachable from the network."""
+"""The embedded Ray that `camsweep run` starts must not be reachable from the network, and on a
+shared machine takes only what the process was allotted."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,9 @@ import pytest
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux /proc")
 
 # Runs in its own process so it starts a fresh Ray through camsweep's own init_ray, and the
-# process tree it inspects holds only that Ray (GCS, raylet, agents, a worker).
+# process tree it inspects holds only that Ray (GCS, raylet, agents, a worker). The process may
+# run on one core only (as `taskset -c 0` or Slurm's affinity would allow), so the same start
+# shows the CPUs, GPUs and temp folder it takes from its allotment.
 PROBE = textwrap.dedent(
     """
     import json, os
@@ -25,9 +29,15 @@ PROBE = textwrap.dedent(
     from sweeps.spec import RayConfig
     from tests.test_ray_exposure import listening_addresses
 
-    init_ray(RayConfig(num_cpus=1, object_store_mb=128), address=None)
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    init_ray(RayConfig(object_store_mb=128), address=None)
     ray.get(ray.remote(lambda: 1).remote())  # make sure a worker process is up and serving
-    print(json.dumps(listening_addresses(os.getpid())))
+    print(json.dumps({
+        "listening": listening_addresses(os.getpid()),
+        "CPU": ray.cluster_resources().get("CPU"),
+        "GPU": ray.cluster_resources().get("GPU", 0),
+        "temp": ray._private.worker._global_node.get_temp_dir_path(),
+    }))
     ray.shutdown()
     """
 )
@@ -98,13 +108,30 @@ def _is_loopback(address: str) -> bool:
 
 
 @pytest.mark.slow
-def test_embedded_ray_listens_on_loopback_only():
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=240, env=env
-    )
+def test_embedded_ray_listens_on_loopback_only_and_takes_only_its_allotment():
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        # A Slurm job's view: its id names the temp folder; no GPU is listed for it.
+        "TMPDIR": "/tmp",
+        "SLURM_JOB_ID": "77",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    env.pop("RAY_TMPDIR", None)
+    env.pop("SLURM_CPUS_PER_TASK", None)
+    temp = f"/tmp/camsweep-ray-{os.getuid()}-77"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=240, env=env
+        )
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    listening = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    # The CPU affinity (one core), not the machine's cores; CUDA_VISIBLE_DEVICES, not torch's.
+    assert seen["CPU"] == 1 and seen["GPU"] == 0, seen
+    assert seen["temp"].startswith(temp), seen  # per user and job: two users' Rays never meet
+    listening = seen["listening"]
     names = " ".join(listening)
     # The servers that matter were seen at all (else the check below would pass vacuously).
     assert "gcs_server" in names and "raylet" in names, listening

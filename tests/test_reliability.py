@@ -74,7 +74,7 @@ def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
     cluster.add_node(num_cpus=1, object_store_memory=128 << 20)
     raw = tiny_spec(tmp_path, space={"arch": "unet", "held_out_centre": {"grid": [2, 6]},
                                      "seed": {"grid": [0, 1, 2]}})  # fmt: skip
-    raw["train"].update(epochs=4, checkpoint_every=1)
+    raw["train"].update(epochs=3, checkpoint_every=1)
     spec = load_spec("t.yaml", raw=raw, local_gpus=None)
     try:
         ray.init(address=cluster.address)
@@ -98,7 +98,7 @@ def test_lost_worker_node_trials_complete_and_resume_from_checkpoints(tmp_path):
         for t in trials:
             epochs = [json.loads(line)["epoch"] for line in (t.path / "result.json").open()]
             redone += len(epochs) - len(set(epochs))
-            assert sorted(set(epochs)) == [1, 2, 3, 4]  # nothing reported before the loss is lost
+            assert sorted(set(epochs)) == [1, 2, 3]  # nothing reported before the loss is lost
         print(f"retried trials: {sum(t.failures for t in trials)}, epochs redone: {redone}")
         assert sum(t.failures for t in trials) >= 1  # the node loss really hit a trial
         # A sweep given a cluster's address spreads its trials over the nodes.

@@ -4,7 +4,6 @@ slurm-wlm and munge; skipped, saying why, where they are missing or cannot be st
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -168,31 +167,6 @@ def test_ray_temp_folder_is_per_user_and_job_and_short(monkeypatch, tmp_path):
     assert allocated_gpus() == 2
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert allocated_gpus() == 0
-
-
-def test_embedded_ray_takes_its_cpus_from_the_affinity_and_slurm(tmp_path):
-    probe = (
-        "import json, os, ray\n"
-        "from sweeps.launch import init_ray\n"
-        "from sweeps.spec import RayConfig\n"
-        "os.sched_setaffinity(0, {0})\n"
-        "init_ray(RayConfig(object_store_mb=128), None)\n"
-        "print(json.dumps({'CPU': ray.cluster_resources().get('CPU'),\n"
-        "    'GPU': ray.cluster_resources().get('GPU', 0),\n"
-        "    'temp': ray._private.worker._global_node.get_temp_dir_path()}))\n"
-        "ray.shutdown()\n"
-    )
-    env = {**os.environ, "TMPDIR": "/tmp", "SLURM_JOB_ID": "77", "CUDA_VISIBLE_DEVICES": ""}
-    env.pop("RAY_TMPDIR", None)
-    env.pop("SLURM_CPUS_PER_TASK", None)
-    done = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["CPU"] == 1 and seen["GPU"] == 0, seen
-    assert seen["temp"].startswith(f"/tmp/camsweep-ray-{os.getuid()}-77"), seen
-    shutil.rmtree(f"/tmp/camsweep-ray-{os.getuid()}-77", ignore_errors=True)
 
 
 def test_embedded_ray_sizes_come_from_slurm_unless_the_spec_sets_them(monkeypatch):

@@ -79,7 +79,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     tmp_path, local_ray, monkeypatch, straight_run
 ):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    raw = tiny_spec(tmp_path, max_concurrent_trials=1)
+    raw = tiny_spec(tmp_path)
     raw["train"]["epochs"] = 2
     raw["tracking"] = {"wandb": {"mode": "offline"}}
     spec_path = tmp_path / "spec.yaml"
