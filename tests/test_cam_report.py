@@ -29,7 +29,8 @@ def test_cam_scores_known_values():
     cams[1] = 0.49  # below threshold: nothing masked, overlay missed; flat energy: 4 of 16 px
     overlays[1, :, 0] = 1
     polyps[1, 0, 0] = 1
-    # frame 2: no overlay, no polyp, no energy → precision/IoU 1, the rest undefined
+    # frame 2: no overlay, no polyp, no energy → precision/IoU 1, energy share 0, the rest
+    # undefined
     s = frame_scores(cams, polyps, overlays, threshold=0.5)
     np.testing.assert_allclose(s["energy_on_overlay"][:2], [4 * 0.9 / (8 * 0.9 + 0.3), 0.25])
     np.testing.assert_allclose(s["overlay_area"], [0.25, 0.25, 0.0])
@@ -38,7 +39,8 @@ def test_cam_scores_known_values():
     np.testing.assert_allclose(s["precision"], [0.5, 1.0, 1.0])
     np.testing.assert_allclose(s["iou"], [0.5, 0.0, 1.0])
     np.testing.assert_allclose(s["masked_area"], [0.5, 0.0, 0.0])
-    assert np.isnan(s["energy_on_overlay"][2]) and np.isnan(s["overlay_masked"][2])
+    assert s["energy_on_overlay"][2] == 0.0  # an all-zero map points nowhere
+    assert np.isnan(s["overlay_masked"][2])
     assert np.isnan(s["polyp_masked"][2])
     # keep masks the complement: the overlay half of frame 0 is spared, its spared polyp lost.
     keep = frame_scores(cams, polyps, overlays, threshold=0.5, mode="keep")

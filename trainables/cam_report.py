@@ -25,7 +25,8 @@ class CamScores:
     complement for ``keep``) covers the extra-anatomical content and spares the polyp:
 
     - ``energy_on_overlay``: share of the CAM's total energy on overlay pixels (an energy-based
-      pointing game); its chance level is ``overlay_area``, the overlay's share of the frame;
+      pointing game; 0 for an all-zero map); its chance level is ``overlay_area``, the
+      overlay's share of the frame;
     - ``overlay_masked``: share of overlay pixels the masking removes (frames with an overlay);
     - ``polyp_masked``: share of polyp pixels it removes (frames with a polyp) — what masking
       costs the segmentation model; needs no overlay truth, so real data has it too;
@@ -63,7 +64,8 @@ def frame_scores(
 
     Conventions for empty sets: nothing masked and no overlay give precision and IoU 1; a frame
     without overlay (or polyp) has no ``overlay_masked`` (``polyp_masked``) and is left out of
-    the centre's mean; a frame whose CAM is all zero has no energy to place (NaN).
+    the centre's mean; a frame whose CAM is all zero points nowhere: energy share 0 (leaving it
+    out would score a centre whose maps are all empty by its other frames, or not at all).
     """
     cams = np.asarray(cams, np.float32)
     binary = cams >= threshold
@@ -81,7 +83,7 @@ def frame_scores(
     inter = (masked & truth).sum((1, 2))
     area = truth.sum((1, 2))
     return scores | {
-        "energy_on_overlay": _share((cams * truth).sum((1, 2)), cams.sum((1, 2)), np.nan),
+        "energy_on_overlay": _share((cams * truth).sum((1, 2)), cams.sum((1, 2)), 0.0),
         "overlay_area": area / n_px,
         "overlay_masked": _share(inter, area, np.nan),
         "precision": _share(inter, masked.sum((1, 2)), 1.0),
