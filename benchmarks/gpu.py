@@ -56,6 +56,8 @@ from trainables.data.dataset import SegmentationDataset
 from trainables.data.device_loader import DeviceBatches
 from trainables.data.source import prepare_data
 from trainables.engine import Runtime, train_one_epoch
+from trainables.memory import images_per_epoch
+from trainables.memory import memory_floor_gib as trial_memory_floor_gib
 from trainables.models import build_model
 
 # Dense bf16 peak of known GPUs (TFLOP/s), for the utilisation figure.
@@ -120,12 +122,6 @@ def sweep_of_spec(path: str) -> Sweep:
     return Sweep(spec.name, trial_epochs, base.train.batch_size, base.data.image_size,
                  base.model.variant, base.model.encoder_name,
                  early_stopping=spec.scheduler.name != "fifo")  # fmt: skip
-
-
-def images_per_epoch(frames: int) -> float:
-    """Mean training-split size over six leave-one-centre-out folds: 80 % of the frames of the
-    other five centres."""
-    return 0.8 * (frames - frames / 6)
 
 
 def _setup(size: int, cache_dir: str):
@@ -240,28 +236,9 @@ def _release_device_memory() -> float:
 
 
 def memory_floor_gib(net: Net, size: int, batch: int, frames: int) -> float:
-    """Device memory one trial needs at least, from its device-independent parts:
-    the tensors its training step saves for backward (fp32; the forward pass alone records them),
-    its weights with their gradients and AdamW's two moments, and what the device data path keeps
-    resident — every frame (uint8 image and mask) and the training split's CAMs (fp16). Leaves
-    out the CUDA context, cuDNN workspaces and allocator slack: a floor, not a peak."""
-    model = net.build()
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    saved: dict[int, int] = {}
-
-    def record(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:  # weights are counted once, below
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    x = torch.randn(batch, 3, size, size)
-    y = (torch.rand(batch, 1, size, size) > 0.5).float()
-    with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
-        model.loss(model(x), x, y)
-    resident = frames * size * size * 4 + images_per_epoch(frames) * size * size * 2
-    return (sum(saved.values()) + 4 * weight_bytes + resident) / 2**30
+    """Device memory one trial of ``net`` needs at least (see `trainables.memory`, which the
+    sweep's preflight shares): a floor, not a peak."""
+    return trial_memory_floor_gib(net.build(), size, batch, frames)
 
 
 def epochs_per_hour(images_per_s: float, frames: int) -> float:

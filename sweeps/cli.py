@@ -224,6 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume_if_exists and not args.run_dir:
         raise ValueError("--resume-if-exists: needs --run-dir (the folder to continue)")
     spec = _load(args, args.spec)
+    spec_arg = args.spec + " --smoke" * args.smoke  # names the weights to fetch in messages
     if args.run_dir:
         run_dir = run_in_folder(
             spec,
@@ -232,9 +233,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             resume_if_exists=args.resume_if_exists,
             address=args.address,
             verbose=args.verbose,
+            spec_arg=spec_arg,
         )
     else:
-        run_dir = run_sweep(spec, address=args.address, verbose=args.verbose)
+        run_dir = run_sweep(spec, address=args.address, verbose=args.verbose, spec_arg=spec_arg)
     _print_status(run_dir)
     print(f"run folder: {run_dir}")
     if not args.no_export:
@@ -290,6 +292,20 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
         print(submit(script))
     else:
         print(f"submit with: sbatch {script}   (again, or requeued: it continues the run)")
+    return 0
+
+
+def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from sweeps.weights import Caches, fetch_weights
+
+    # The file alone: this (login) machine need not see the data, and has no GPU to check.
+    spec = _load(args, args.spec, gpus_here=False)
+    fetched, present = fetch_weights(spec)
+    caches = Caches.here(spec.weights_cache())
+    print(
+        f"{len(fetched)} fetched, {len(present)} already present "
+        f"(torch checkpoints {caches.checkpoints}, Hugging Face cache {caches.hf_hub})"
+    )
     return 0
 
 
@@ -514,6 +530,17 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--no-export", action="store_true", help="no `camsweep export` at the end")
     slurm.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     slurm.set_defaults(func=_cmd_slurm)
+
+    weights = sub.add_parser("weights", help="pretrained weights for offline compute nodes")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    fetch = weights_sub.add_parser(
+        "fetch",
+        help="download every pretrained weight a spec needs into the cache its trials read "
+        "(weights.cache, else TORCH_HOME and the Hugging Face cache)",
+    )
+    fetch.add_argument("spec")
+    fetch.add_argument("--smoke", action="store_true", help="the weights of the --smoke version")
+    fetch.set_defaults(func=_cmd_weights_fetch, file_only=True)
 
     status = sub.add_parser("status", help="trials of a run: state, epoch, Dice")
     status.add_argument("run_dir")

@@ -1,7 +1,8 @@
 """Starting, resuming and watching sweeps — the only place that builds a Tuner.
 
-Life of a sweep (README, *Sweeps*): validate the spec → ``ray.init`` (embedded local Ray, or a cluster
-with ``address``) → decode the dataset once and put it in the object store → prepare every fold
+Life of a sweep (README, *Sweeps*): validate the spec → decode the dataset once → ``ray.init``
+(embedded local Ray, or a cluster with ``address``) → the preflight on every node
+(``sweeps/preflight.py``) → put the dataset in the object store → prepare every fold
 that needs the centre classifier, one Ray task per fold, in parallel, cached under the storage
 path → Tune → results under ``<storage>/<name>-<timestamp>/``.
 """
@@ -25,6 +26,7 @@ from ray._private import ray_constants
 
 from search_spaces.build import build_search
 from sweeps.allocation import allocated_cpus, allocated_gpus, ray_temp_dir
+from sweeps.preflight import NodeChecks, preflight_checks, run_preflight
 from sweeps.spec import (
     FINISHED_DIR,
     FOLDS_FILE,
@@ -35,6 +37,7 @@ from sweeps.spec import (
     load_spec,
 )
 from sweeps.tracking import SweepSummary, wandb_settings
+from sweeps.weights import trial_env
 from trainables.data.cache import DecodedData, cache_root
 from trainables.data.source import frame_level_centres, prepare_data
 from trainables.fold_task import prepare_fold_task
@@ -46,16 +49,25 @@ METRIC_MODE = "max"
 # --- Ray ------------------------------------------------------------------------------------------
 
 
-def init_ray(config: RayConfig, address: str | None, *, verbose: bool = False) -> None:
+def init_ray(
+    config: RayConfig,
+    address: str | None,
+    *,
+    verbose: bool = False,
+    env: dict[str, str] | None = None,
+) -> None:
     """Connects to a cluster, or starts a small embedded one (localhost only, no dashboard).
     Workers' log lines reach this console only with ``verbose``: the trial folders and W&B keep
-    them, and the console shows camsweep's progress line, errors and the result."""
+    them, and the console shows camsweep's progress line, errors and the result. ``env``: set in
+    every worker of this job (trials, fold preparations) on every node."""
     # Frequent small checkpoints make Tune warn about experiment snapshots; they are cheap here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
+    # The job's runtime env: Ray merges its env_vars with those of a `ray job submit`.
+    runtime_env = {"env_vars": env} if env else None
     if address:
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
         return
     # A single-machine Ray needs no network, so every Ray server binds loopback only. Ray 2.60
     # rewrites a node IP of 127.0.0.1 to the machine's routable address (so ``_node_ip_address``
@@ -77,6 +89,7 @@ def init_ray(config: RayConfig, address: str | None, *, verbose: bool = False) -
             include_dashboard=config.dashboard,
             dashboard_host="127.0.0.1",
             log_to_driver=verbose,
+            runtime_env=runtime_env,
         )
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_switch
@@ -121,12 +134,8 @@ def _in_memory(data: DecodedData) -> DecodedData:
 
 
 def folds_needed(spec: SweepSpec) -> list[int]:
-    """Held-out centres of the trials that mask, i.e. if any value of the p axis masks (for a
-    sampled interval its bounds are its values: high > low >= 0, so high masks)."""
-    p_axis = next((a for a in spec.axes if a.name == "p"), None)
-    p_values = p_axis.values if p_axis is not None else (spec.masking.p,)
-    masks = any(spec.trial_config({"p": p}).masking.masks for p in p_values)
-    return sorted(spec.held_out_centres()) if masks else []
+    """Held-out centres of the trials that mask (all of them if any trial masks)."""
+    return sorted(spec.held_out_centres()) if spec.any_trial_masks() else []
 
 
 def prepare_folds(
@@ -255,11 +264,19 @@ def local_mirror(name: str) -> Path:
     return cache_root() / "runs" / name
 
 
-def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Path, verbose: bool):
-    init_ray(spec.ray, address, verbose=verbose)
+def _connect(spec: SweepSpec, address: str | None, verbose: bool, checks: NodeChecks) -> None:
+    """Starts or joins Ray and checks the cluster and every node, before anything is computed.
+    Trials and fold preparations then never download: no hub access, the spec's weight cache."""
+    init_ray(spec.ray, address, verbose=verbose, env=trial_env(spec.weights_cache()))
     problems = cluster_problems(spec, address)
     if problems:
         raise SpecError("cluster", problems)
+    problems = run_preflight(checks)
+    if problems:
+        raise SpecError("preflight", problems)
+
+
+def _prepare(spec: SweepSpec, data: DecodedData, run_dir: Path):
     data_ref = ray.put(_in_memory(data))
     folds, summary = prepare_folds(spec, data_ref, run_dir)
     print(
@@ -269,16 +286,29 @@ def _start(spec: SweepSpec, data: DecodedData, address: str | None, run_dir: Pat
     return data_ref, folds, summary
 
 
+def _checks(spec: SweepSpec, manifest, data: DecodedData, run_dir: Path, spec_arg: str):
+    # The run folder (trials' finished results, offline W&B runs) and the fold cache.
+    return preflight_checks(
+        spec,
+        centres=manifest.centres,
+        frames=len(data),
+        writable=[run_dir, spec.fold_cache_root()],
+        fetch=f"camsweep weights fetch {spec_arg}",
+    )
+
+
 def run_sweep(
     spec: SweepSpec,
     *,
     address: str | None = None,
     verbose: bool = False,
     run_dir: Path | None = None,
+    spec_arg: str = "SPEC",
 ) -> Path:
     """Runs a validated sweep to completion; returns its run folder. ``verbose``: Tune's
     per-trial tables and the workers' log lines on the console too. ``run_dir``: a fixed local
-    run folder (``camsweep run --run-dir``) instead of ``<storage>/<name>-<timestamp>``."""
+    run folder (``camsweep run --run-dir``) instead of ``<storage>/<name>-<timestamp>``.
+    ``spec_arg``: the spec as the command line names it (``x.yaml --smoke``), for messages."""
     if run_dir is None:
         root = spec.storage_root()
         name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -289,11 +319,13 @@ def run_sweep(
     # Data first: a corrupt file is reported before any Ray process or run folder exists.
     held_out = spec.held_out_centres()
     manifest, data = prepare_data(spec.data, held_out)
+    # Ray and the preflight before the run folder: a sweep refused there leaves none behind.
+    _connect(spec, address, verbose, _checks(spec, manifest, data, run_dir, spec_arg))
     run_dir.mkdir(parents=True, exist_ok=True)
     # The spec first: a job killed while folds are prepared leaves a folder that says whose it
     # is, so `camsweep run --run-dir … --resume-if-exists` can start it again.
     (run_dir / SPEC_FILE).write_text(spec_text(spec))
-    data_ref, folds, summary = _start(spec, data, address, run_dir, verbose)
+    data_ref, folds, summary = _prepare(spec, data, run_dir)
     summary["frame_level_split"] = frame_level_centres(manifest, held_out)
     _write_run_files(spec, run_dir, summary, f"{remote}/{name}" if remote else None)
     print(
@@ -317,7 +349,9 @@ def resume_sweep(run_dir: Path, *, address: str | None = None, verbose: bool = F
     if not spec_path.exists():
         raise SpecError(str(run_dir), [f"not a camsweep run folder ({SPEC_FILE} missing)"])
     spec = load_spec(spec_path)
-    _, data = prepare_data(spec.data, spec.held_out_centres())
-    data_ref, folds, _ = _start(spec, data, address, run_dir, verbose)
+    manifest, data = prepare_data(spec.data, spec.held_out_centres())
+    # The run's own resolved spec (smoke already applied) names its weights for `weights fetch`.
+    _connect(spec, address, verbose, _checks(spec, manifest, data, run_dir, str(spec_path)))
+    data_ref, folds, _ = _prepare(spec, data, run_dir)
     build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote).fit()
     return run_dir

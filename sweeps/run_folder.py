@@ -90,8 +90,10 @@ def run_in_folder(
     resume_if_exists: bool,
     address: str | None = None,
     verbose: bool = False,
+    spec_arg: str = "SPEC",
 ) -> Path:
-    """Starts the sweep in ``run_dir``, or resumes the one it holds (see :func:`folder_action`)."""
+    """Starts the sweep in ``run_dir``, or resumes the one it holds (see :func:`folder_action`);
+    ``spec_arg`` as in :func:`sweeps.launch.run_sweep`."""
     from sweeps.launch import resume_sweep, run_sweep
 
     if "://" in str(run_dir):
@@ -104,4 +106,4 @@ def run_in_folder(
     if action == "resume":
         print(f"resuming the sweep in {run_dir}")
         return resume_sweep(run_dir, address=address, verbose=verbose)
-    return run_sweep(spec, address=address, verbose=verbose, run_dir=run_dir)
+    return run_sweep(spec, address=address, verbose=verbose, run_dir=run_dir, spec_arg=spec_arg)

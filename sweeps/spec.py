@@ -32,6 +32,7 @@ from trainables.data.cache import cache_root
 from trainables.data.polypgen import DatasetError
 from trainables.data.source import patient_problems, scan_data
 from trainables.data.synthetic import POLYPGEN_CENTRE_SIZES
+from trainables.models.weights import is_weights_path
 
 # Files camsweep keeps in every run folder, next to Tune's.
 SPEC_FILE = "camsweep-spec.yaml"  # the resolved spec
@@ -103,6 +104,17 @@ class StorageConfig(Strict):
     path: str = Field("~/camsweep-results", description="local path, NFS mount or s3:// URI")
 
 
+class WeightsConfig(Strict):
+    """Where trials find pretrained weights (``camsweep weights fetch`` puts them there)."""
+
+    cache: str | None = Field(
+        None,
+        description="folder of fetched pretrained weights (torch/ and huggingface/ inside; on an "
+        "offline cluster a path every node mounts); default: each node's TORCH_HOME and "
+        "Hugging Face cache",
+    )
+
+
 class RayConfig(Strict):
     """Settings of the embedded local Ray (ignored with --address)."""
 
@@ -135,6 +147,7 @@ class SweepSpec(TrialSections):
     checkpoints_to_keep: int = Field(2, ge=1, description="Tune checkpoints kept per trial")
     tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking")
     storage: StorageConfig = Field(StorageConfig(), description="where results go")
+    weights: WeightsConfig = Field(WeightsConfig(), description="pretrained weights' cache")
     ray: RayConfig = Field(RayConfig(), description="the embedded local Ray")
 
     @cached_property
@@ -154,6 +167,20 @@ class SweepSpec(TrialSections):
     def trial_config(self, axis_values: dict[str, Any]) -> TrialConfig:
         """The full trial config for one point of the space (axis name → value)."""
         return with_axis_values(self.base_trial(), AXES, axis_values)
+
+    def any_trial_masks(self) -> bool:
+        """Whether some trial masks, i.e. some value of the p axis does (for a sampled interval
+        its bounds are its values: high > low >= 0, so high masks) — then folds need the centre
+        classifier."""
+        p_axis = next((a for a in self.axes if a.name == "p"), None)
+        p_values = p_axis.values if p_axis is not None else (self.masking.p,)
+        return any(self.trial_config({"p": p}).masking.masks for p in p_values)
+
+    def weights_cache(self) -> str | None:
+        """``weights.cache`` as an absolute path (resolved where the sweep is started, so every
+        node is given the same folder), or None for each node's own default caches."""
+        cache = self.weights.cache
+        return str(Path(cache).expanduser().resolve()) if cache else None
 
     def storage_root(self) -> str:
         path = self.storage.path
@@ -314,9 +341,10 @@ def load_spec(
 
 
 def smoke(raw: dict[str, Any]) -> dict[str, Any]:
-    """Shrinks any spec to a few tiny trials (Ray's ``--smoke-test`` idea): 64 px, tiny models,
-    one epoch, at most two values per grid axis, one sample per group, CPU only. (64 px, not 32:
-    at 32 px ResNet's last feature map is 1×1, every CAM is constant and masking does nothing.)"""
+    """Shrinks any spec to a few tiny trials (Ray's ``--smoke-test`` idea): 64 px, tiny models
+    (with the spec's named pretrained weights), one epoch, at most two values per grid axis, one
+    sample per group, CPU only. (64 px, not 32: at 32 px ResNet's last feature map is 1×1, every
+    CAM is constant and masking does nothing.)"""
     raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy of plain data
     raw["name"] = f"{raw.get('name', 'sweep')}-smoke"
     data = raw.setdefault("data", {})
@@ -325,9 +353,14 @@ def smoke(raw: dict[str, Any]) -> dict[str, Any]:
         data["synthetic"] = {**data.get("synthetic", {}), "per_centre": 16, "size": "96x96"}
         data["synthetic"].pop("scale", None)
     raw["model"] = {**raw.get("model", {}), "variant": "tiny", "encoder_name": None}
-    raw["model"]["encoder_weights"] = None
     raw["classifier"] = {**raw.get("classifier", {}), "arch": "resnet18", "epochs": 1}
-    raw["classifier"]["weights"] = None
+    # Named weight sets (imagenet) stay, now of the tiny models, so a smoke run needs them
+    # fetched and preflighted like the full sweep. A local file was made for the spec's own
+    # encoder or classifier and cannot load into the tiny ones: dropped.
+    for section, key in (("model", "encoder_weights"), ("classifier", "weights")):
+        weights = raw[section].get(key)
+        if weights is not None and is_weights_path(weights):
+            raw[section][key] = None
     raw["train"] = {**raw.get("train", {}), "epochs": 1, "batch_size": 4, "device": "cpu"}
     for axis in raw.get("space", {}).values():
         if isinstance(axis, dict) and isinstance(axis.get("grid"), list):

@@ -210,3 +210,16 @@ def test_each_shipped_recipe_says_where_it_departs_from_the_paper():
         "masking.cam_input rgb (paper: sobel)",
     ]
     assert "data.image_size 64 (paper: 256)" in departures("demo.yaml")
+
+
+def test_a_sweep_s_encoder_weights_go_only_to_architectures_with_an_encoder():
+    # paper-table1 gives its shared model section ImageNet encoders and sweeps SDNet too, which
+    # is trained from scratch: its trials record no encoder weights instead of failing to build.
+    spec = load_spec(ROOT / "sweeps" / "paper-table1.yaml", environment=False)
+    assert spec.model.encoder_weights == "imagenet"
+    trials = {arch: spec.trial_config({"arch": arch}).model for arch in ("unet", "sdnet")}
+    assert trials["unet"].encoder_weights == "imagenet"
+    assert trials["sdnet"].encoder_weights is None and trials["sdnet"].encoder_name is None
+    from trainables.models import build_model
+
+    build_model("sdnet", variant="tiny", encoder_weights=trials["sdnet"].encoder_weights)

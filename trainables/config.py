@@ -27,7 +27,12 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from trainables.models.registry import CLASSIFIER_ARCHS, MODEL_NAMES, VARIANTS
+from trainables.models.registry import (
+    CLASSIFIER_ARCHS,
+    MODEL_NAMES,
+    VARIANTS,
+    has_pretrained_encoder,
+)
 
 
 class Strict(BaseModel):
@@ -386,7 +391,13 @@ def with_axis_values(
     for name, value in values.items():
         if name in keys:
             set_by_path(raw, keys[name], value)
-    return TrialConfig.model_validate(raw)
+    cfg = TrialConfig.model_validate(raw)
+    # A sweep's model section is shared by all its architectures; one trained from scratch
+    # (SDNet, the plain UNet) has no encoder to give the encoder settings to, so its trials
+    # record none rather than fail (a trial config written by hand still gets the error).
+    if not has_pretrained_encoder(cfg.model.arch, cfg.model.variant):
+        cfg.model.encoder_name = cfg.model.encoder_weights = None
+    return cfg
 
 
 def load_trial_config(

@@ -35,6 +35,14 @@ MODEL_REGISTRY: dict[str, Callable[..., SegmentationNet]] = {
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_REGISTRY)
 
+
+def has_pretrained_encoder(arch: str, variant: str) -> bool:
+    """Whether a model has an encoder that takes pretrained weights: the smp UNet and DeepLabV3+
+    do; SDNet and the released code's plain UNet (``unet`` variant ``authors``) train from
+    scratch."""
+    return arch == "deeplabv3plus" or (arch == "unet" and variant != "authors")
+
+
 # "paper": the published settings. "tiny": small and fast, for tests and CPU demos at 32-64 px.
 # "authors": the models of the released code (plain UNet; DeepLabV3+ with its ASPP head).
 VARIANTS: tuple[str, ...] = ("paper", "tiny", "authors")

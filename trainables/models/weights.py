@@ -1,12 +1,17 @@
-"""Loading pretrained weights from local state-dict files (for clusters without internet)."""
+"""Loading pretrained weights from local state-dict files (for clusters without internet).
+
+torch is imported on first load, so a spec can ask `is_weights_path` without loading torch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHT_FILE_SUFFIXES = (".pth", ".pt")
 
@@ -22,6 +27,8 @@ def is_weights_path(weights: str | Path) -> bool:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or pickled-object files
