@@ -31,7 +31,7 @@ def test_failing_trial_wandb_outage_and_no_leaked_secret(tmp_path, local_ray, mo
         # The seed-1 trial diverges (NaN weights → NaN loss) on every attempt.
         fault={"nan_at_epoch": 1, "once": False, "seeds": [1]},
     )
-    raw["tracking"] = {"wandb": {"mode": "online", "init_timeout_s": 5}}
+    raw["tracking"] = {"wandb": {"mode": "online", "init_timeout_s": 2}}
     start = time.monotonic()
     run_dir = run_sweep(load_spec("t.yaml", raw=raw, local_gpus=0))
     elapsed = time.monotonic() - start
