@@ -19,9 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import demo_tree, emit
+from benchmarks.common import emit, with_demo_tree
 from sweeps.spec import load_spec, read_spec_yaml
 from trainables.cam_report import cam_report, format_scores, training_centre_means
+from trainables.config import set_by_path
 from trainables.data.source import fold_split, prepare_data
 from trainables.engine import Runtime
 from trainables.trial import prepare_trial_fold
@@ -43,17 +44,14 @@ def main() -> None:
     args = parser.parse_args()
     raw = read_spec_yaml(args.spec)
     with tempfile.TemporaryDirectory() as tmp:
-        root = raw["data"].get("root")
-        if root is not None and not Path(root).exists():  # the demo's tree, before `make demo`
-            raw["data"]["root"] = str(demo_tree(Path(tmp) / "demo-data"))
+        with_demo_tree(raw, Path(tmp) / "demo-data")
         if args.image_size:
             raw["data"]["image_size"] = args.image_size
         for item in args.set:
             _set(raw, item)
         raw["data"]["cache_dir"] = str(Path(tmp) / "cache")
         spec = load_spec(args.spec, raw=raw, local_gpus=0)
-        held_out = next(a for a in spec.axes if a.name == "held_out_centre").values
-        for centre in args.held_out or held_out:
+        for centre in args.held_out or spec.held_out_centres():
             _fold(spec, centre, Path(tmp) / "folds", Path(args.figures))
 
 
@@ -61,16 +59,12 @@ def _set(raw: dict, item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep:
         raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-    *sections, name = key.split(".")
-    node = raw
-    for section in sections:
-        node = node.setdefault(section, {})
-    node[name] = yaml.safe_load(value)
+    set_by_path(raw, key, yaml.safe_load(value))
 
 
 def _fold(spec, centre: int, cache: Path, figures: Path) -> None:
     # The masked arm's trial config: the one that needs the fold's classifier and CAMs.
-    p = max(next(a for a in spec.axes if a.name == "p").values)
+    p = max(spec.values_of("p", spec.masking.p))
     cfg = spec.trial_config({"held_out_centre": centre, "p": p})
     _, data = prepare_data(cfg.data)
     split = fold_split(data, cfg.data, centre)

@@ -32,6 +32,14 @@ def demo_tree(root: Path) -> Path:
     return root
 
 
+def with_demo_tree(raw: dict, folder: Path) -> None:
+    """Points a spec's ``data.root`` at the demo's tree written under ``folder`` when the root it
+    names is missing (the demo spec before `make demo` has written ``demo-data``)."""
+    root = raw["data"].get("root")
+    if root is not None and not Path(root).exists():
+        raw["data"]["root"] = str(demo_tree(folder))
+
+
 def machine() -> str:
     """The machine a figure was measured on: architecture, cores, torch threads, device, torch."""
     import torch

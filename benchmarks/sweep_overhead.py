@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import demo_tree, emit
+from benchmarks.common import emit, with_demo_tree
 from sweeps.launch import run_sweep
 from sweeps.spec import load_spec, read_spec_yaml
 from sweeps.status import read_run
@@ -28,9 +28,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw["storage"] = {"path": tmp}
         raw["data"]["cache_dir"] = str(Path(tmp) / "cache")  # cold caches: the first-run cost
-        root = raw["data"].get("root")
-        if root is not None and not Path(root).exists():  # the demo's tree, before `make demo`
-            raw["data"]["root"] = str(demo_tree(Path(tmp) / "demo-data"))
+        with_demo_tree(raw, Path(tmp) / "demo-data")
         raw["tracking"] = {"wandb": {"mode": "disabled"}}
         spec = load_spec(args.spec, raw=raw, local_gpus=0)
         start = time.time()

@@ -248,8 +248,7 @@ def spec_text(spec: SweepSpec) -> str:
 def _write_run_files(
     spec: SweepSpec, run_dir: Path, folds_summary: dict[str, Any], remote: str | None
 ) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SPEC_FILE).write_text(spec_text(spec))
+    # SPEC_FILE is already there: run_sweep writes it before the folds are prepared.
     (run_dir / FOLDS_FILE).write_text(json.dumps(folds_summary, indent=2))
     if remote:  # keep camsweep's files with Tune's on the remote storage too
         fs, path = pyarrow.fs.FileSystem.from_uri(remote)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sweeps.weights import Caches, FileWeight, Weight, axis_values, encoder_of, required_weights
+from sweeps.weights import Caches, FileWeight, Weight, encoder_of, required_weights
 from trainables.config import DataConfig
 
 if TYPE_CHECKING:
@@ -63,13 +63,13 @@ def gpu_need(spec: SweepSpec, frames: int) -> GpuNeed | None:
 
     if spec.train.device == "cpu":
         return None
-    batch = max(axis_values(spec, "batch_size", spec.train.batch_size))
+    batch = max(spec.values_of("batch_size", spec.train.batch_size))
     worst: GpuNeed | None = None
-    for arch in axis_values(spec, "arch", spec.model.arch):
+    for arch in spec.values_of("arch", spec.model.arch):
         share = spec.resources.of(arch)["gpu"]
         if share <= 0:
             continue
-        for encoder in axis_values(spec, "encoder_name", spec.model.encoder_name):
+        for encoder in spec.values_of("encoder_name", spec.model.encoder_name):
             cfg = spec.trial_config({"arch": arch, "encoder_name": encoder})
             # Random weights: the floor does not depend on them, and nothing is downloaded.
             model = build_model(

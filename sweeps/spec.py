@@ -155,10 +155,15 @@ class SweepSpec(TrialSections):
         """The parsed space (parsed once; a spec that loaded has no broken axis)."""
         return [parse_axis(name, raw)[0] for name, raw in self.space.items()]
 
+    def values_of(self, axis: str, default: Any) -> list[Any]:
+        """The values a swept axis takes (a sampled interval: its bounds), else ``[default]``."""
+        # During validation an axis that failed to parse is None: it has no values to give.
+        found = next((a for a in self.axes if a is not None and a.name == axis), None)
+        return list(found.values) if found is not None else [default]
+
     def held_out_centres(self) -> list[int]:
         """The folds this sweep trains (the held_out_centre axis, or the trial default)."""
-        axis = next((a for a in self.axes if a and a.name == "held_out_centre"), None)
-        return list(axis.values) if axis else [TrialConfig().held_out_centre]
+        return self.values_of("held_out_centre", TrialConfig().held_out_centre)
 
     def base_trial(self) -> dict[str, Any]:
         """The trial config shared by every trial, before the axes are applied."""
@@ -172,8 +177,7 @@ class SweepSpec(TrialSections):
         """Whether some trial masks, i.e. some value of the p axis does (for a sampled interval
         its bounds are its values: high > low >= 0, so high masks) — then folds need the centre
         classifier."""
-        p_axis = next((a for a in self.axes if a.name == "p"), None)
-        p_values = p_axis.values if p_axis is not None else (self.masking.p,)
+        p_values = self.values_of("p", self.masking.p)
         return any(self.trial_config({"p": p}).masking.masks for p in p_values)
 
     def weights_cache(self) -> str | None:

@@ -255,18 +255,12 @@ def classifier_weight(classifier: ClassifierConfig) -> Weight | None:
     return torchvision_weight(classifier.arch)
 
 
-def axis_values(spec: SweepSpec, axis: str, default) -> list:
-    """The values a swept axis takes (a sampled interval: its bounds), else ``default``."""
-    found = next((a for a in spec.axes if a.name == axis), None)
-    return list(found.values) if found is not None else [default]
-
-
 def required_weights(spec: SweepSpec) -> list[Weight]:
     """Every pretrained weight the sweep's trials and fold preparations load, each once (an
     encoder shared by several architectures names them all)."""
     users: dict[Weight, list[str]] = {}
-    for arch in axis_values(spec, "arch", spec.model.arch):
-        for encoder in axis_values(spec, "encoder_name", spec.model.encoder_name):
+    for arch in spec.values_of("arch", spec.model.arch):
+        for encoder in spec.values_of("encoder_name", spec.model.encoder_name):
             model = spec.trial_config({"arch": arch, "encoder_name": encoder}).model
             weight = encoder_weight(model, arch)
             if weight is not None and arch not in users.setdefault(weight, []):

@@ -45,6 +45,7 @@ class CamScores:
     masked_area: float
 
 
+SCORE_NAMES = tuple(f.name for f in dataclasses.fields(CamScores))[2:]  # past centre, frames
 OVERLAY_SCORES = ("energy_on_overlay", "overlay_area", "overlay_masked", "precision", "iou")
 
 
@@ -106,11 +107,10 @@ def scores_by_centre(
     mode: str = "occlude",
 ) -> list[CamScores]:
     scores = frame_scores(cams, polyps, overlays, threshold=threshold, mode=mode)
-    names = [f.name for f in dataclasses.fields(CamScores)][2:]
     out = []
     for c in sorted(set(centres.tolist())):
         rows = centres == c
-        means = {name: _mean(scores[name][rows]) for name in names}
+        means = {name: _mean(scores[name][rows]) for name in SCORE_NAMES}
         out.append(CamScores(int(c), int(rows.sum()), **means))
     return out
 
@@ -118,8 +118,7 @@ def scores_by_centre(
 def training_centre_means(scores: list[CamScores], held_out: int) -> dict[str, float]:
     """Each score averaged over the centres the classifier trained on (centres weigh alike)."""
     seen = [s for s in scores if s.centre != held_out]
-    names = [f.name for f in dataclasses.fields(CamScores)][2:]
-    return {n: _mean(np.array([getattr(s, n) for s in seen], float)) for n in names}
+    return {n: _mean(np.array([getattr(s, n) for s in seen], float)) for n in SCORE_NAMES}
 
 
 _COLUMNS = (  # (field, header) in print order: the overlay's area beside the energy (chance)

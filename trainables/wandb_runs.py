@@ -7,7 +7,6 @@ ids, ``wandb.init`` arguments, redaction). Tracking never fails or blocks the wo
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -100,7 +99,7 @@ def log_fold_run(settings, data, split, fold, runtime, *, masking) -> None:
 
         import wandb
 
-        from trainables.cam_report import cam_report
+        from trainables.cam_report import SCORE_NAMES, cam_report
 
         run.config.update(redact({"held_out_centre": split.held_out, "fold_key": fold.key}))
         run.summary.update(fold.metrics)
@@ -111,8 +110,8 @@ def log_fold_run(settings, data, split, fold, runtime, *, masking) -> None:
             )
             run.log({"cams": wandb.Image(str(png))})
         for s in scores:
-            for name, value in dataclasses.asdict(s).items():
-                if name not in ("centre", "frames") and not math.isnan(value):
+            for name in SCORE_NAMES:
+                if not math.isnan(value := getattr(s, name)):
                     run.summary[f"cam/C{s.centre}/{name}"] = value
 
     guarded_run(
