@@ -69,6 +69,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         figure_keys=("sweep", "reduced_cpu_version", "image_size", "concurrent_trials"),
     ),
     Benchmark(
+        "predict_throughput",
+        "`camsweep predict` (batched, threaded decode) vs a plain per-image loop over the same "
+        "frames, for one fold and the five-fold ensemble (untrained models, synthetic JPEGs)",
+        figure_keys=("members", "arch", "variant", "image_size", "frame_size", "device"),
+    ),
+    Benchmark(
         "method_effect",
         "a reduced synthetic Table 1 run as a sweep: per held-out centre, UNet's "
         "out-of-distribution Dice at p = 0.5 vs p = 0 over seeds, with the paired bootstrap 95 % "

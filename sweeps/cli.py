@@ -14,8 +14,11 @@ from pathlib import Path
 import yaml
 
 from search_spaces.axes import AXES
+from sweeps.evaluation import RESOLUTIONS
+from sweeps.model_export import ARMS
 from sweeps.spec import SPEC_FILE
 from sweeps.stats import N_BOOT
+from trainables.data.layouts import LAYOUT_NAMES
 from trainables.data.polypgen import DatasetError
 
 # Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
@@ -322,6 +325,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         out=args.out,
         n_boot=args.n_boot,
         seed=args.seed,
+        model_arm=args.model_arm,
         wandb=not args.no_wandb,
     )
     return 0
@@ -343,6 +347,52 @@ def export(run_dir: Path, *, wandb: bool = True, **kwargs) -> Path:
         spec = load_spec(run_dir / SPEC_FILE, environment=False)
         log_summary_run(wandb_settings(spec, run_dir.resolve()), report.out_dir, recipe_note(spec))
     return report.out_dir
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from trainables.inference import predict_folder
+    from trainables.model_folder import parse_folds
+
+    report = predict_folder(
+        args.model,
+        args.images,
+        args.out,
+        folds=parse_folds(args.folds),
+        save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    print(report.format())
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sweeps.evaluation import evaluate_model
+    from trainables.model_folder import parse_folds
+
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"--out {out} is not empty; pass --overwrite to replace its files")
+    evaluation = evaluate_model(
+        args.model,
+        args.data,
+        layout=args.layout,
+        folds=parse_folds(args.folds),
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        device=args.device,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+    print(evaluation.markdown(), end="")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.md").write_text(evaluation.markdown())
+        (out / "evaluation.csv").write_text(evaluation.csv())
+        (out / "per_image.csv").write_text(evaluation.per_image_csv())
+        print(f"wrote evaluation.md, evaluation.csv and per_image.csv to {out}")
+    return 0
 
 
 def _cmd_wandb_sync(args: argparse.Namespace) -> int:
@@ -566,7 +616,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples per CI (default {N_BOOT})"
     )
     export.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    export.add_argument(
+        "--model-arm",
+        choices=ARMS,
+        default="best",
+        help="the arm of each fold's exported model: the selected setting among all arms "
+        "(best), the baseline (p = 0) or the augmented arms (p > 0)",
+    )
     export.set_defaults(func=_cmd_export)
+
+    predict = sub.add_parser("predict", help="masks for a folder of frames from an exported model")
+    _model_arguments(predict)
+    predict.add_argument("--images", required=True, help="folder of frames (any size)")
+    predict.add_argument("--out", required=True, help="folder for the masks (<name>.png)")
+    predict.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write probabilities/<name>.npy (float16, at the frame's size)",
+    )
+    predict.add_argument("--overwrite", action="store_true", help="replace existing masks")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="score an exported model on a labelled dataset, per dataset/centre"
+    )
+    _model_arguments(evaluate)
+    evaluate.add_argument("--data", required=True, help="dataset root")
+    evaluate.add_argument(
+        "--layout", choices=("auto", *LAYOUT_NAMES), default="auto", help="the dataset's layout"
+    )
+    evaluate.add_argument(
+        "--resolution",
+        choices=RESOLUTIONS,
+        default="model",
+        help="model: at the training resolution, as the sweep scored (default); original: "
+        "probabilities resized to each frame against its full-size mask",
+    )
+    evaluate.add_argument("--out", help="also write evaluation.md, evaluation.csv, per_image.csv")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace files in --out")
+    evaluate.add_argument(
+        "--n-boot", type=int, default=N_BOOT, help=f"bootstrap resamples per CI (default {N_BOOT})"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     sync = sub.add_parser("wandb-sync", help="upload a sweep's offline W&B runs")
     sync.add_argument("run_dir")
@@ -577,6 +669,17 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("run_dir")
     dashboard.set_defaults(func=_cmd_dashboard)
     return parser
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="an exported model folder")
+    parser.add_argument(
+        "--folds", help="use only these folds' models, e.g. C1,C3 (default: the whole ensemble)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="frames per batch")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if present"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

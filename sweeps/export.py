@@ -21,6 +21,7 @@ import yaml
 from sweeps.cost import compute_cost, format_cost, render_cost_csv
 from sweeps.figures import plot_dice_vs_p
 from sweeps.importance import param_importance, render_importance_csv
+from sweeps.model_export import ARMS, export_models
 from sweeps.recipes import recipe_note
 from sweeps.results import LeftOut, collect_run
 from sweeps.selection import Selection, best_configs, group_settings, ordered_archs, swept_names
@@ -34,6 +35,7 @@ from sweeps.tables import (
     split_note,
     table_rows,
 )
+from trainables.model_folder import MANIFEST_FILE
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ExportReport:
         lines += [f"note: {n}" for n in self.notes]
         lines.append(self.cost_text)
         lines.append(f"wrote {len(self.files)} file(s) to {self.out_dir}:")
-        lines += [f"  {f.name}" for f in self.files]
+        lines += [f"  {f.relative_to(self.out_dir)}" for f in self.files]
         return "\n".join(lines)
 
 
@@ -73,6 +75,7 @@ def export_run(
     out: Path | str | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
+    model_arm: str = "best",
 ) -> ExportReport:
     """Writes every export file of a run folder.
 
@@ -85,11 +88,15 @@ def export_run(
             ``oracle``, so the leaky tables never replace the validation-selected ones).
         n_boot: bootstrap resamples of each confidence interval.
         seed: seed of the bootstrap.
+        model_arm: which arm the exported model folders take per fold: ``best`` (the selected
+            setting among all arms), ``baseline`` (p = 0) or ``augmented`` (p > 0).
 
     Returns:
         What was written and which trials were left out, and why.
     """
     selection = Selection.make(metric, oracle=oracle)
+    if model_arm not in ARMS:
+        raise ValueError(f"--model-arm {model_arm!r}: valid: {', '.join(ARMS)}")
     run = collect_run(run_dir)
     if not run.trials:
         reasons = "; ".join(f"{t.trial_id}: {t.reason}" for t in run.left_out) or "no trials"
@@ -151,6 +158,9 @@ def export_run(
         notes += importance_notes
     else:
         notes.append(f"no importance.csv: search.algorithm is {spec.search.algorithm}, not optuna")
+    models = export_models(run, settings, selection, out_dir, arm=model_arm)
+    written += [folder / MANIFEST_FILE for folder in models.folders]
+    notes += models.notes
     return ExportReport(
         out_dir=out_dir,
         files=written,

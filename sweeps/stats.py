@@ -194,6 +194,29 @@ def unpaired_bootstrap(
     )
 
 
+def bootstrap_mean(
+    values: np.ndarray | Sequence[float],
+    *,
+    n_boot: int = N_BOOT,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """The mean of per-image scores with its percentile bootstrap interval over images.
+
+    Returns:
+        ``(mean, low, high)``.
+    """
+    _check(n_boot, level)
+    x = _as_matrix(values, "values")[0]
+    rng = np.random.default_rng(seed)
+    replicates = np.empty(n_boot)
+    for start in range(0, n_boot, _BLOCK):
+        size = min(_BLOCK, n_boot - start)
+        replicates[start : start + size] = x[rng.integers(0, len(x), size=(size, len(x)))].mean(1)
+    low, high = _interval(replicates, level)
+    return float(x.mean()), low, high
+
+
 def align_by_index(
     arrays: Sequence[tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, np.ndarray]:

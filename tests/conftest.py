@@ -83,6 +83,21 @@ def tiny_spec(tmp_path: Path, **changes) -> dict:
     return raw
 
 
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory) -> tuple[Path, dict, Path]:
+    """The tiny sweep (2 epochs) run to completion, uninterrupted: checked by the smoke test, the
+    yardstick of the interrupted one and the run the model export is tested on. Returns
+    (storage root, raw spec, run folder). Tests that export it write to their own folders."""
+    from sweeps.launch import init_ray, run_sweep
+    from sweeps.spec import RayConfig, load_spec
+
+    init_ray(RayConfig(num_cpus=2, object_store_mb=256), address=None)  # as `local_ray`
+    root = tmp_path_factory.mktemp("straight")
+    raw = tiny_spec(root)
+    raw["train"]["epochs"] = 2
+    return root, raw, run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
+
+
 _SHARED: dict[str, Path] = {}
 
 

@@ -161,6 +161,7 @@ def test_the_figures_table_gives_ranges_runs_and_median_ratios_per_machine():
         "| `benchmarks.cam_quality` | not run on this machine in the results file |  |  |  |",
         "| `benchmarks.sweep_overhead` | not run in the results file |  |  |  |",
         "| `benchmarks.gpu` | not run in the results file |  |  |  |",
+        "| `benchmarks.predict_throughput` | not run in the results file |  |  |  |",
         "| `benchmarks.method_effect` | not run in the results file |  |  |  |",
     ]
     assert "| `cam_quality.iou_training_centres` | 0.213 | fraction | 1 |  |" in _table(

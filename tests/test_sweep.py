@@ -25,20 +25,6 @@ pytestmark = pytest.mark.slow
 CAMSWEEP = Path(sys.executable).parent / "camsweep"
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory) -> tuple[Path, dict, Path]:
-    """The tiny sweep (2 epochs) run to completion, uninterrupted: checked by the smoke test and
-    the yardstick of the interrupted one. Returns (storage root, raw spec, run folder)."""
-    from sweeps.launch import init_ray
-    from sweeps.spec import RayConfig
-
-    init_ray(RayConfig(num_cpus=2, object_store_mb=256), address=None)  # as `local_ray`
-    root = tmp_path_factory.mktemp("straight")
-    raw = tiny_spec(root)
-    raw["train"]["epochs"] = 2
-    return root, raw, run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
-
-
 def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(straight_run):
     tmp_path, raw, run_dir = straight_run
     raw = dict(raw)

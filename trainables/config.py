@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from trainables.data.layouts import LAYOUT_NAMES
 from trainables.models.registry import (
     CLASSIFIER_ARCHS,
     MODEL_NAMES,
@@ -100,14 +101,53 @@ class SyntheticConfig(Strict):
         return size
 
 
+class SourceConfig(Strict):
+    """One dataset tree of ``data.sources``: its centres join the others' under new numbers."""
+
+    root: Path = Field(
+        description="the dataset's release folder (PolypGen2021_MultiCenterData_v3, "
+        "Kvasir-SEG, CVC-ClinicDB, TestDataset) or the folder holding it"
+    )
+    layout: Literal[LAYOUT_NAMES] = Field(  # trainables.data.layouts.LAYOUTS, one source
+        "auto",
+        description="the tree's layout: " + ", ".join(LAYOUT_NAMES) + " (auto: detected)",
+    )
+    centre: int | None = Field(
+        None,
+        ge=1,
+        description="number of the source's first centre (later ones follow); default: the "
+        "next number after the previous sources' centres. PolypGen keeps its C1-C6",
+    )
+    name: str | None = Field(
+        None,
+        min_length=1,
+        description="the centre's name in reports instead of the dataset's (e.g. Kvasir-SEG); "
+        "single-centre sources only",
+    )
+
+
 class DataConfig(Strict):
     source: Literal["polypgen", "synthetic"] = Field(
-        "synthetic", description="polypgen: the tree at root; synthetic: generated on first use"
+        "synthetic",
+        description="polypgen: real data, the tree at root (or data.sources); synthetic: "
+        "generated on first use",
     )
     root: Path | None = Field(
         None,
-        description="PolypGen root (the PolypGen2021_MultiCenterData_v3 folder or its parent); "
-        "for synthetic data, where it is generated",
+        description="dataset root of the layout data.layout (for PolypGen the "
+        "PolypGen2021_MultiCenterData_v3 folder or its parent); for synthetic data, where it "
+        "is generated",
+    )
+    layout: Literal[LAYOUT_NAMES] = Field(  # trainables.data.layouts.LAYOUTS, one source
+        "polypgen",
+        description="the layout of the tree at data.root: polypgen; kvasir (Kvasir-SEG); "
+        "clinicdb (CVC-ClinicDB, TIFF or PNG); testdataset (TestDataset's five test sets, one "
+        "centre each); auto (detected from the tree). Source polypgen only",
+    )
+    sources: list[SourceConfig] | None = Field(
+        None,
+        description="several dataset trees instead of data.root, their centres numbered one "
+        "after another (e.g. PolypGen C1-C6, then Kvasir-SEG as C7); source polypgen only",
     )
     manifest: Path | None = Field(
         None, description="CSV (image, mask, centre, patient): overrides the layout and patients"
@@ -148,6 +188,36 @@ class DataConfig(Strict):
                 f"{pattern!r} needs a named group 'patient', e.g. _(?P<patient>P\\d+)_"
             )
         return pattern
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_data(self) -> DataConfig:
+        # Checked on values, not on the keys written: a dumped config (every default spelt
+        # out) must validate again.
+        if self.source == "synthetic" and (self.sources is not None or self.layout != "polypgen"):
+            key = "data.sources" if self.sources is not None else f"data.layout {self.layout!r}"
+            raise ValueError(
+                f"{key}: real data needs data.source 'polypgen' (synthetic data is generated "
+                "in PolypGen's layout)"
+            )
+        if self.sources is None:
+            return self
+        clashes = [
+            key
+            for key, clash in (
+                ("data.root", self.root is not None),
+                ("data.manifest", self.manifest is not None),
+                (f"data.layout {self.layout!r}", self.layout != "polypgen"),
+            )
+            if clash
+        ]
+        if clashes:
+            raise ValueError(
+                f"data.sources and {', '.join(clashes)}: give one; with data.sources each "
+                "source names its own root and layout"
+            )
+        if not self.sources:
+            raise ValueError("data.sources: empty; list at least one source or use data.root")
+        return self
 
 
 class ModelConfig(Strict):

@@ -52,10 +52,23 @@ class Manifest:
     # How each centre's patient ids were found; a CSV manifest gives them for every centre.
     patients: dict[int, CentrePatients] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Centre → dataset name ("Kvasir-SEG") for layouts whose centres are whole datasets;
+    # PolypGen's centres have none and are called by their number (C1..C6).
+    centre_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def centres(self) -> list[int]:
         return sorted({r.centre for r in self.records})
+
+    def centre_name(self, centre: int) -> str:
+        """The dataset name of ``centre`` (e.g. ``"Kvasir-SEG"``), or ``"C3"`` when unnamed."""
+        return self.centre_names.get(centre, f"C{centre}")
+
+    def centre_label(self, centre: int) -> str:
+        """``"C7 (Kvasir-SEG)"`` for a named centre, ``"C3"`` otherwise: the number a config's
+        ``held_out_centre`` takes, with the name a reader recognises."""
+        name = self.centre_names.get(centre)
+        return f"C{centre}" if name is None else f"C{centre} ({name})"
 
     @property
     def unknown_patients(self) -> dict[int, str]:
@@ -226,14 +239,9 @@ def scan_polypgen(
         return read_manifest_csv(Path(manifest).expanduser(), root)
     if not root.is_dir():
         return Manifest(root, []), [f"{root}: data root does not exist"]
-    try:
-        pattern = re.compile(patient_pattern) if patient_pattern is not None else None
-    except re.error as exc:
-        return Manifest(root, []), [f"patient_pattern {patient_pattern!r}: invalid regex ({exc})"]
-    if pattern is not None and "patient" not in pattern.groupindex:
-        return Manifest(root, []), [
-            f"patient_pattern {patient_pattern!r}: needs a named group 'patient'"
-        ]
+    pattern, problems = compile_patient_pattern(patient_pattern)
+    if problems:
+        return Manifest(root, []), problems
     root, problems = find_release_root(root)
     if problems:
         return Manifest(root, []), problems
@@ -247,6 +255,19 @@ def scan_polypgen(
             problems.append(f"duplicate file name {name!r} in centres {centres}")
     records, patients = _with_patients(records, root, pattern)
     return Manifest(root, records, patients=patients), problems
+
+
+def compile_patient_pattern(text: str | None) -> tuple[re.Pattern[str] | None, list[str]]:
+    """The compiled ``patient_pattern`` (None when not given), or the problem with it."""
+    if text is None:
+        return None, []
+    try:
+        pattern = re.compile(text)
+    except re.error as exc:
+        return None, [f"patient_pattern {text!r}: invalid regex ({exc})"]
+    if "patient" not in pattern.groupindex:
+        return None, [f"patient_pattern {text!r}: needs a named group 'patient'"]
+    return pattern, []
 
 
 def read_manifest_csv(path: Path, root: Path | None = None) -> tuple[Manifest, list[str]]:

@@ -1,5 +1,5 @@
-"""From a :class:`DataConfig` to decoded arrays and folds: generate (synthetic), index, check the
-patients, decode-or-reload, split."""
+"""From a :class:`DataConfig` to decoded arrays and folds: generate (synthetic), index (one tree
+of any layout, several trees, or a CSV manifest), check the patients, decode-or-reload, split."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from trainables.config import DataConfig
+from trainables.config import DataConfig, SourceConfig
 from trainables.data.cache import DecodedData, cache_root, load_or_build
+from trainables.data.layouts import scan_layout
 from trainables.data.polypgen import DatasetError, Manifest, scan_polypgen
 from trainables.data.splits import FoldSplit, leave_one_centre_out
 from trainables.data.synthetic import MANIFEST_NAME, generate, parse_size
@@ -47,17 +48,114 @@ def _ensure_synthetic(cfg: DataConfig) -> Path:
 
 
 def data_root(cfg: DataConfig) -> Path:
-    """The folder to index (generating synthetic data first if needed)."""
+    """The folder to index (generating synthetic data first if needed); with ``data.sources``
+    the first source's root (where one folder stands for the data, e.g. a node's preflight:
+    :func:`scan_data` reads them all)."""
     if cfg.source == "synthetic":
         return _ensure_synthetic(cfg)
+    if cfg.sources:
+        return Path(cfg.sources[0].root).expanduser()
     if cfg.root is None and cfg.manifest is None:
-        raise DatasetError(["data.root: required for source 'polypgen' (or give data.manifest)"])
+        raise DatasetError(
+            ["data.root: required for source 'polypgen' (or give data.manifest or data.sources)"]
+        )
     return Path(cfg.root or Path(cfg.manifest).parent).expanduser()
 
 
 def scan_data(cfg: DataConfig) -> tuple[Manifest, list[str]]:
-    """Indexes names only (no pixels): the usable records and every structural problem."""
-    return scan_polypgen(data_root(cfg), manifest=cfg.manifest, patient_pattern=cfg.patient_pattern)
+    """Indexes names only (no pixels): the usable records and every structural problem.
+
+    Synthetic data and a CSV manifest are read as PolypGen's (the manifest overrides the layout);
+    otherwise the tree at ``data.root`` in ``data.layout``, or every tree of ``data.sources``.
+    """
+    if cfg.source == "polypgen" and cfg.sources:
+        return scan_sources(cfg.sources, patient_pattern=cfg.patient_pattern)
+    if cfg.source == "synthetic" or cfg.manifest is not None:
+        return scan_polypgen(
+            data_root(cfg), manifest=cfg.manifest, patient_pattern=cfg.patient_pattern
+        )
+    return scan_layout(data_root(cfg), cfg.layout, patient_pattern=cfg.patient_pattern)
+
+
+def _source_label(i: int, source: SourceConfig) -> str:
+    return f"data.sources[{i}] ({source.root}, layout {source.layout})"
+
+
+def _centres_of(found: Manifest) -> list[int]:
+    """The centres a scanned source takes up, also those left without records by a problem
+    (a TestDataset part with an empty folder keeps its number)."""
+    return sorted({*found.centres, *found.patients, *found.centre_names})
+
+
+def _numbering_problems(
+    i: int, sources: list[SourceConfig], found: Manifest, used: dict[int, int]
+) -> list[str]:
+    """Why the centres of ``sources[i]`` cannot join those of the sources before it (``used``:
+    centre → index of the source that has it)."""
+    source = sources[i]
+    label = _source_label(i, source)
+    centres = _centres_of(found)
+    problems = []
+    if source.centre is not None and centres and centres[0] != source.centre:
+        problems.append(
+            f"{label}: centre {source.centre} given, but this layout numbers its own centres "
+            f"({', '.join(f'C{c}' for c in centres)}); remove data.sources[{i}].centre"
+        )
+    if source.name is not None and len(centres) > 1:
+        problems.append(
+            f"{label}: name {source.name!r} given, but the source has {len(centres)} centres "
+            f"({', '.join(found.centre_label(c) for c in centres)}); name is for single-centre "
+            "sources"
+        )
+    for j in sorted({used[c] for c in centres if c in used}):
+        shared = ", ".join(f"C{c}" for c in centres if used.get(c) == j)
+        free = max(used) + 1
+        problems.append(
+            f"{label}: centre number(s) {shared} already taken by "
+            f"{_source_label(j, sources[j])}; set data.sources[{i}].centre to a free number "
+            f"(e.g. {free}) or list the sources in another order"
+        )
+    return problems
+
+
+def scan_sources(
+    sources: list[SourceConfig], *, patient_pattern: str | None = None
+) -> tuple[Manifest, list[str]]:
+    """Indexes every source and joins their records, each source's centres under numbers of
+    their own (by default the next after the previous sources').
+
+    Returns:
+        One manifest (rooted at the first source) and every problem of every source, including
+        centre numbers two sources share (both are named) and a ``name`` given to a source of
+        several centres.
+    """
+    joined = Manifest(Path(sources[0].root).expanduser(), [])
+    problems: list[str] = []
+    used: dict[int, int] = {}  # centre → the source it came from
+    next_centre = 1
+    for i, source in enumerate(sources):
+        first = source.centre if source.centre is not None else next_centre
+        found, found_problems = scan_layout(
+            source.root, source.layout, patient_pattern=patient_pattern, first_centre=first
+        )
+        if i == 0:
+            joined.root = found.root  # the release folder found under the root given
+        problems += [f"data.sources[{i}]: {p}" for p in found_problems]
+        joined.notes += [f"data.sources[{i}]: {n}" for n in found.notes]
+        clash = _numbering_problems(i, sources, found, used)
+        problems += clash
+        centres = _centres_of(found)
+        next_centre = max([first, *centres, *used]) + 1 if centres else next_centre
+        if clash:
+            continue  # its records would be mistaken for the other source's centre
+        if source.name is not None:
+            found.centre_names.update(dict.fromkeys(centres, source.name))
+        used.update(dict.fromkeys(centres, i))
+        joined.records += found.records
+        joined.patients.update(found.patients)
+        joined.centre_names.update(found.centre_names)
+    joined.records.sort(key=lambda r: r.centre)  # stable: each centre keeps its file order
+    return joined, problems
 
 
 def frame_level_centres(manifest: Manifest, held_out: Iterable[int]) -> list[int]:
@@ -74,7 +172,7 @@ def patient_problems(manifest: Manifest, cfg: DataConfig, held_out: Iterable[int
     training = {c: unknown[c] for c in frame_level_centres(manifest, held_out)}
     if not training or cfg.allow_frame_level_split:
         return []
-    names = ", ".join(f"C{c}" for c in training)
+    names = ", ".join(manifest.centre_label(c) for c in training)
     reasons = "; ".join(training.values())
     return [
         f"data: patients unknown for training centre(s) {names} ({reasons}). Splitting them frame "
