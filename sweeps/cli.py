@@ -64,7 +64,9 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from trainables.data.check import check_dataset
 
-    report = check_dataset(args.root, manifest=args.manifest, patient_pattern=args.patient_pattern)
+    report = check_dataset(
+        args.root, manifest=args.manifest, patient_pattern=args.patient_pattern, layout=args.layout
+    )
     print(report.format())
     return 0 if report.ok else 1
 
@@ -490,9 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     pattern_help = (
         "regex with a group 'patient' read from the image names (default: built-in rules)"
     )
-    check.add_argument("root", help="PolypGen root (data_C1 … data_C6) or the folder holding it")
+    check.add_argument(
+        "root", help="dataset root (PolypGen, Kvasir-SEG, CVC-ClinicDB, TestDataset) or its parent"
+    )
     check.add_argument("--manifest", help="CSV manifest (image, mask, centre, patient)")
     check.add_argument("--patient-pattern", help=pattern_help)
+    check.add_argument(
+        "--layout", choices=LAYOUT_NAMES, default="auto", help="the dataset's layout"
+    )
     check.set_defaults(func=_cmd_data_check)
     manifest = data_sub.add_parser(
         "manifest", help="write the dataset's manifest CSV (with patients) to review and edit"
@@ -643,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arguments(evaluate)
     evaluate.add_argument("--data", required=True, help="dataset root")
     evaluate.add_argument(
-        "--layout", choices=("auto", *LAYOUT_NAMES), default="auto", help="the dataset's layout"
+        "--layout", choices=LAYOUT_NAMES, default="auto", help="the dataset's layout"
     )
     evaluate.add_argument(
         "--resolution",

@@ -43,6 +43,7 @@ class Evaluation:
     resolution: str
     n_boot: int
     groups: list[GroupScores]
+    notes: list[str] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)  # filled by `summarise`
 
     def summarise(self, seed: int = 0) -> None:
@@ -76,6 +77,7 @@ class Evaluation:
                 for m in K.METRIC_NAMES
             ]
             lines.append(f"| {r['dataset']} | {r['images']} | " + " | ".join(cells) + " |")
+        lines += ["", *(f"Note: {n}" for n in self.notes)] if self.notes else []
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -182,7 +184,35 @@ def evaluate_model(
         groups.append(group)
     names = ", ".join(m.name for m in ensemble.members)
     evaluation = Evaluation(
-        f"{ensemble.manifest.arch} ({names})", str(dataset.root), resolution, n_boot, groups
+        f"{ensemble.manifest.arch} ({names})",
+        str(dataset.root),
+        resolution,
+        n_boot,
+        groups,
+        notes=_seen_in_training(ensemble, dataset),
     )
     evaluation.summarise(seed)
     return evaluation
+
+
+def _seen_in_training(ensemble, dataset) -> list[str]:
+    """A warning when the dataset is the one the members were trained on: only a member's own
+    held-out centre gives out-of-distribution scores (its other centres' frames include its
+    training, validation and in-distribution test frames)."""
+    from trainables.config import TrialConfig
+    from trainables.data.source import synthetic_root
+
+    roots = set()
+    for member in ensemble.members:
+        data = TrialConfig.model_validate(ensemble.manifest.member_config(member)).data
+        root = synthetic_root(data) if data.source == "synthetic" else data.root
+        if root is not None:
+            roots.add(Path(root).expanduser().resolve())
+    if Path(dataset.root).resolve() not in roots:
+        return []
+    folds = ", ".join(f"{m.name} holds out C{m.fold}" for m in ensemble.members)
+    return [
+        f"this is the dataset the models were trained on ({folds}): only a model's own held-out "
+        "centre is out-of-distribution for it (pass --folds C<k> and read row C<k>, which equals "
+        "the sweep's test_out scores); the other rows include frames it trained on"
+    ]

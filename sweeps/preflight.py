@@ -134,10 +134,21 @@ def data_problems(data: DataConfig | None, centres: tuple[int, ...]) -> list[str
     from trainables.data.polypgen import DatasetError
     from trainables.data.source import data_root, scan_data
 
-    root = data_root(data)  # polypgen: the configured folder, nothing generated
-    what = f"data.manifest {data.manifest}" if data.manifest else f"data.root {root}"
-    if not root.is_dir():
-        return [f"{what}: not found on this node — mount the dataset at the same path everywhere"]
+    if data.sources:
+        roots = [
+            (f"data.sources[{i}].root {s.root}", Path(s.root)) for i, s in enumerate(data.sources)
+        ]
+    else:
+        root = data_root(data)  # polypgen: the configured folder, nothing generated
+        roots = [(f"data.manifest {data.manifest}" if data.manifest else f"data.root {root}", root)]
+    missing = [
+        f"{what}: not found on this node — mount the dataset at the same path everywhere"
+        for what, root in roots
+        if not root.expanduser().is_dir()
+    ]
+    if missing:
+        return missing
+    what = roots[0][0] if len(roots) == 1 else "data.sources"
     try:
         manifest, _ = scan_data(data)  # names only; the driver has reported any other problem
     except (DatasetError, OSError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import get_args
 
@@ -369,6 +370,10 @@ def test_spec_validation_and_preflight_see_the_sources(tmp_path):
     assert "C7 (Kvasir-SEG)" in problem
     assert data_problems(cfg, [7]) == (centres, [])
     assert node_problems(cfg, (1, 7)) == []
+    # A node without the second source's folder: the preflight names that source.
+    shutil.rmtree(cfg.sources[1].root)
+    [problem] = node_problems(cfg, (1,))
+    assert problem.startswith(f"data.sources[1].root {cfg.sources[1].root}: not found on this node")
 
 
 def test_source_numbers_and_names(tmp_path):

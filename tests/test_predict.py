@@ -153,6 +153,7 @@ def test_evaluate_scores_each_dataset_of_the_five_dataset_test_folder(tmp_path, 
     assert main([*args, "--out", str(out), "--resolution", "original"]) == 0
     printed = capsys.readouterr().out
     assert "| CVC-300 | 3 |" in printed and "| Kvasir | 3 |" in printed and "| all | 6 |" in printed
+    assert "Note:" not in printed  # not the data the models were trained on
     rows = {r["dataset"]: r for r in csv.DictReader((out / "evaluation.csv").open())}
     per_image = list(csv.DictReader((out / "per_image.csv").open()))
     assert len(per_image) == 6
@@ -202,6 +203,7 @@ def test_a_sweeps_exported_models_reproduce_its_out_of_distribution_scores(
         args = ["evaluate", "--model", str(manifest.path), "--data", str(data_root)]
         args += ["--folds", f"C{member.fold}", "--n-boot", "200", "--out", str(scores)]
         assert main([*args, "--overwrite"]) == 0
+        assert "the dataset the models were trained on" in capsys.readouterr().out
         rows = {r["dataset"]: r for r in csv.DictReader((scores / "evaluation.csv").open())}
         assert float(rows[f"C{member.fold}"]["dice"]) == pytest.approx(
             member.scores["test_out/dice"], abs=1e-6

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.decode import DecodeError, decode_record
+from trainables.data.layouts import scan_layout
 from trainables.data.polypgen import Manifest, Record, scan_polypgen
 
 # Polyp area is measured at this size: it is a fraction of the frame, and decoding a reduced
@@ -46,7 +47,7 @@ class DataReport:
         for c in self.centres:
             patients = "unknown" if c.centre in unknown else str(c.patients)
             lines.append(
-                f"{'C' + str(c.centre):>6} {c.images:>7} {patients:>8} {c.with_polyp:>8} "
+                f"{self.manifest.centre_name(c.centre):>6} {c.images:>7} {patients:>8} {c.with_polyp:>8} "
                 f"{c.mean_polyp_area:>10.4f}  {c.patient_rule}"
             )
         total = sum(c.images for c in self.centres)
@@ -57,7 +58,8 @@ class DataReport:
         lines += [f"note: {n}" for n in self.manifest.notes]
         for c, why in unknown.items():
             lines.append(
-                f"warning: patients unknown for C{c} ({why}). A sweep that trains on C{c} is "
+                f"warning: patients unknown for {self.manifest.centre_label(c)} ({why}). A sweep "
+                f"that trains on {self.manifest.centre_label(c)} is "
                 "refused unless data.manifest (see `camsweep data manifest`), data.patient_pattern "
                 "or data.allow_frame_level_split gives its patients"
             )
@@ -82,9 +84,17 @@ def check_dataset(
     *,
     manifest: Path | str | None = None,
     patient_pattern: str | None = None,
+    layout: str = "auto",
 ) -> DataReport:
-    """Indexes and decodes every file; never raises for data problems, it lists them."""
-    found, problems = scan_polypgen(root, manifest=manifest, patient_pattern=patient_pattern)
+    """Indexes and decodes every file; never raises for data problems, it lists them.
+
+    Raises:
+        ValueError: an unknown ``layout``.
+    """
+    if manifest is not None:
+        found, problems = scan_polypgen(root, manifest=manifest)
+    else:
+        found, problems = scan_layout(root, layout, patient_pattern=patient_pattern)
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(_check_record, found.records))
     summaries = {}
