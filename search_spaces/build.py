@@ -12,7 +12,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 
 from search_spaces.axes import Axis
 from search_spaces.config import SchedulerConfig, SearchConfig
-from search_spaces.grouped import GroupedScheduler, GroupedSearcher
+from search_spaces.grouped import GroupedScheduler, GroupedSearcher, SchedulerState
 from search_spaces.grouping import expand_groups
 
 
@@ -24,6 +24,7 @@ class SearchSetup:
     num_samples: int  # what Tune's TuneConfig.num_samples must be
     groups: list[dict[str, Any]]
     grid_axes: list[str]
+    callbacks: list[Any]  # Tune callbacks the search needs (the scheduler's snapshot)
 
 
 def tune_domain(axis: Axis):
@@ -110,4 +111,5 @@ def build_search(
         )
     else:
         sched = FIFOScheduler()
-    return SearchSetup(param_space, search_alg, sched, total, groups, grid_axes)
+    callbacks = [SchedulerState(sched)] if isinstance(sched, GroupedScheduler) else []
+    return SearchSetup(param_space, search_alg, sched, total, groups, grid_axes, callbacks)

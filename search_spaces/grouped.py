@@ -3,18 +3,29 @@
 :class:`GroupedSearcher` runs one sub-searcher (an Optuna TPE study) per group and routes each
 trial's results back to the study that suggested it. :class:`GroupedScheduler` runs one scheduler
 (an ASHA bracket set) per group and routes each trial's results to its group's scheduler only.
+
+Both survive a driver kill exactly. Tune snapshots the searcher with its experiment state, but an
+Optuna study in an RDB storage (SQLite) lives on past the snapshot: trials asked for after it are
+left RUNNING forever — :meth:`GroupedSearcher.restore` fails them, as Optuna's own stale-trial
+handling would. Tune does not snapshot the scheduler at all: ``Tuner.restore`` rebuilds it from
+its start state (ray-project/ray#30838), so a resumed ASHA would decide with empty rungs —
+:class:`SchedulerState` carries the children in Tune's callback snapshot instead.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search_spaces.grouping import GroupKey, group_key, group_label
+
+log = logging.getLogger("camsweep.search")
 
 
 class GroupedSearcher(Searcher):
@@ -81,6 +92,37 @@ class GroupedSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             self.__dict__.update(pickle.load(fh))
+        for label, searcher in zip(self.labels, self.searchers):
+            failed = fail_orphaned_trials(searcher)
+            if failed:
+                log.warning(
+                    "%s: %d Optuna trial(s) asked for after the last snapshot (the driver was "
+                    "killed) marked FAIL: %s",
+                    label,
+                    len(failed),
+                    failed,
+                )
+
+
+def fail_orphaned_trials(searcher: Searcher) -> list[int]:
+    """Marks FAIL the RUNNING trials of an Optuna searcher's study that no Tune trial of the
+    restored snapshot owns; returns their numbers. A study in memory was restored with the
+    snapshot and has none; one in an RDB storage kept every trial asked for since."""
+    study = getattr(searcher, "_ot_study", None)  # ray's OptunaSearch; other searchers: nothing
+    owned = getattr(searcher, "_ot_trials", {})
+    if study is None:
+        return []
+    from optuna.trial import TrialState
+
+    mine = {t._trial_id for t in owned.values()}
+    orphans = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t._trial_id not in mine
+    ]
+    for number in orphans:
+        study.tell(number, state=TrialState.FAIL)
+    return orphans
 
 
 class GroupedScheduler(FIFOScheduler):
@@ -132,3 +174,22 @@ class GroupedScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         parts = [f"{group_label(k)}: {s.debug_string()}" for k, s in self.children.items()]
         return "Grouped scheduler — " + ("; ".join(parts) or "no trials yet")
+
+
+class SchedulerState(Callback):
+    """Saves a :class:`GroupedScheduler`'s children (each group's ASHA rungs and trial
+    bookkeeping) with every Tune experiment snapshot and puts them back on restore, so stop
+    decisions after ``camsweep resume`` are made from every result reported before the kill.
+
+    The callback and the scheduler reach ``Tuner.restore`` in one pickle (``tuner.pkl``), so the
+    restored callback still holds the scheduler the restored run uses.
+    """
+
+    def __init__(self, scheduler: GroupedScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict | None:
+        return {"children": pickle.dumps(self.scheduler.children)}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.children = pickle.loads(state["children"])

@@ -86,6 +86,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
 
     Returns the PNG (None when no fold was prepared, e.g. a baseline-only sweep) and a note.
     """
+    from trainables.cache_folder import load_sealed
     from trainables.cam_report import cam_report, training_centre_means
     from trainables.classifier import fold_key, load_fold
     from trainables.data.source import fold_split, prepare_data
@@ -101,11 +102,13 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     split = fold_split(data, cfg.data, centres[0])
     key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
     folder = spec.fold_cache_root() / f"C{centres[0]}-{key}"
-    if not (folder / "meta.json").exists():
-        return None, f"no CAM figure: fold artefacts {folder} are gone"
+    try:
+        fold = load_sealed(folder, load_fold, "fold cache")
+    except ValueError as exc:  # gone (another machine's cache, cleaned up) or damaged
+        return None, f"no CAM figure: {exc}"
     png = Path(out) / "cams.png"
     scores, _ = cam_report(
-        data, split, load_fold(folder), Runtime.from_config(cfg.train), png,
+        data, split, fold, Runtime.from_config(cfg.train), png,
         threshold=cfg.masking.threshold, mode=cfg.masking.mode,
     )  # fmt: skip
     means = training_centre_means(scores, centres[0])

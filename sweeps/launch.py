@@ -232,7 +232,7 @@ def build_tuner(
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=2),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
-            callbacks=[SweepSummary(setup.grid_axes, spec.search.metric)],
+            callbacks=[SweepSummary(setup.grid_axes, spec.search.metric), *setup.callbacks],
             # Tune's boxed per-trial configs and results (700 of 990 lines for the demo) only
             # with --verbose; SweepSummary prints the progress line and each failure.
             verbose=1 if verbose else 0,

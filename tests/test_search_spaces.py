@@ -123,6 +123,74 @@ def test_a_shared_asha_would_have_stopped_the_hard_fold():
     assert _feed(shared, _trials())["b0"] == TrialScheduler.STOP
 
 
+def _asha_setup():
+    setup = build_search(
+        axes(held_out_centre={"grid": [1, 4]}, p={"uniform": [0, 1]}),
+        SearchConfig(algorithm="random", num_samples=4),
+        SchedulerConfig(name="asha", grace_period=1, reduction_factor=2),
+        max_t=4,
+    )
+    setup.scheduler.set_search_properties("val/dice", "max")
+    return setup
+
+
+def test_a_restored_grouped_asha_keeps_its_rungs_and_decides_as_the_uninterrupted_one():
+    straight = _asha_setup()
+    before, (late, late_value) = _trials()[:3], _trials()[4]
+    _feed(straight.scheduler, before)
+    (snapshot,) = straight.callbacks  # what Tune stores with each experiment snapshot
+    state = snapshot.get_state()
+    # The driver dies; `resume` rebuilds the scheduler from its start state, then Tune restores
+    # the callbacks' states and re-adds the trials it knows of.
+    resumed = _asha_setup()
+    resumed.callbacks[0].set_state(state)
+    for trial, _ in before:
+        resumed.scheduler.on_trial_add(None, trial)
+    rungs = resumed.scheduler.children[(("held_out_centre", 1),)]._brackets[0]._rungs
+    assert {t.trial_id: v for t, v in before} == {k: v for _, r in rungs for k, v in r.items()}
+    decisions = [_feed(s.scheduler, [(late, late_value)])["a9"] for s in (straight, resumed)]
+    assert decisions == [TrialScheduler.STOP, TrialScheduler.STOP]
+    # Without the snapshot (what Tune's restore alone gives) the weak trial would run on.
+    assert _feed(_asha_setup().scheduler, [(late, late_value)])["a9"] == TrialScheduler.CONTINUE
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "memory"])
+def test_a_resumed_optuna_study_has_no_orphaned_trial_and_matches_tunes_trials(tmp_path, storage):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}" if storage == "sqlite" else None
+
+    def build():
+        return build_search(
+            axes(held_out_centre={"grid": [2]}, p={"uniform": [0, 1]}),
+            SearchConfig(algorithm="optuna", num_samples=5, storage=url),
+            SchedulerConfig(),
+            max_t=2,
+        ).search_alg
+
+    result = {"val/dice": 0.5, "epoch": 2}
+    searcher = build()
+    searcher.suggest("t1"), searcher.suggest("t2")
+    searcher.on_trial_complete("t1", result)
+    searcher.save_to_dir(str(tmp_path), "s")  # Tune's experiment snapshot
+    searcher.suggest("t3")  # asked for after the snapshot: Tune's restored state has no t3
+    searcher.on_trial_complete("t2", result)  # finished after it: Tune resumes and re-reports t2
+    # The driver is killed; `camsweep resume` restores the snapshot.
+    resumed = build()
+    resumed.restore_from_dir(str(tmp_path))
+    resumed.on_trial_complete("t2", result)
+    for trial_id in ("t4", "t5", "t6"):
+        resumed.suggest(trial_id)
+        resumed.on_trial_complete(trial_id, result)
+    (sub,) = resumed.searchers
+    trials = sub._ot_study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    complete = {t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    # One completed study trial per completed Tune trial, and each is the one Tune ran.
+    owners = {tid: t.number for tid, t in sub._ot_trials.items()}
+    assert complete == {owners[tid] for tid in ("t1", "t2", "t4", "t5", "t6")}
+    assert len(trials) == (6 if storage == "sqlite" else 5)  # + the failed orphan t3
+
+
 def test_grid_search_repeats_each_point_num_samples_times():
     setup = build_search(
         axes(

@@ -70,28 +70,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     raw["tracking"] = {"wandb": {"mode": "offline"}}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
-    # Ray's socket paths must stay short (< 108 bytes): pytest's tmp_path is too deep for them.
-    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    driver = subprocess.Popen(
-        [CAMSWEEP, "run", spec_path],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,  # its own process group: the kill takes its Ray with it
-    )
     results = tmp_path / "results"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            if len(list(results.glob("tiny-*/*/results.json"))) >= 1:
-                break
-            time.sleep(0.5)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    _kill_driver_after_first_result(spec_path, results, "tiny-*/*/results.json")
     done_before = {p.parent.name: p.read_text() for p in results.glob("tiny-*/*/results.json")}
     assert 1 <= len(done_before) < 4, done_before
     (run_dir,) = results.glob("tiny-*")
@@ -119,6 +99,98 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         text = (folder / "export" / "table.md").read_text()
         tables.append(text[text.index("## Out-of-distribution Dice") :].split("\n## ")[0])
     assert tables[0] == tables[1]
+
+
+def _kill_driver_after_first_result(spec_path: Path, results: Path, pattern: str) -> None:
+    """Runs `camsweep run` in its own process group and SIGKILLs it (and its Ray) as soon as one
+    trial has finished."""
+    # Ray's socket paths must stay short (< 108 bytes): pytest's tmp_path is too deep for them.
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    driver = subprocess.Popen(
+        [CAMSWEEP, "run", spec_path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        start_new_session=True,  # its own process group: the kill takes its Ray with it
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            if len(list(results.glob(pattern))) >= 1:
+                break
+            time.sleep(0.5)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _first_reports(trial_dir: Path) -> dict[int, float]:
+    """epoch → val/dice of the first report of each epoch (Tune's result.json, appended across
+    restores)."""
+    out: dict[int, float] = {}
+    for line in (trial_dir / "result.json").read_text().splitlines():
+        row = json.loads(line)
+        if "val/dice" in row:
+            out.setdefault(int(row["epoch"]), row["val/dice"])
+    return out
+
+
+def test_a_killed_optuna_asha_sweep_resumes_exactly(tmp_path, local_ray):
+    import pickle
+
+    import optuna
+
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    raw = tiny_spec(tmp_path, name="tpe")
+    raw["train"]["epochs"] = 3
+    raw["space"] = {
+        "arch": {"grid": ["unet"]},
+        "held_out_centre": {"grid": [2]},
+        "p": {"uniform": [0.0, 1.0]},
+    }
+    raw["search"] = {"algorithm": "optuna", "num_samples": 5, "seed": 0, "storage": db}
+    raw["scheduler"] = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    results = tmp_path / "results"
+    _kill_driver_after_first_result(spec_path, results, "tpe-*/*/results.json")
+    (run_dir,) = results.glob("tpe-*")
+    done_before = {p.parent.name: p.read_text() for p in run_dir.glob("*/results.json")}
+    assert 1 <= len(done_before) < 5, done_before
+    resume_sweep(run_dir)
+    trials = read_run(run_dir)
+    assert len(trials) == 5 and all(t.status == "TERMINATED" for t in trials), format_status(
+        trials, ["p"]
+    )
+    for name, text in done_before.items():
+        assert (run_dir / name / "results.json").read_text() == text
+    # The study: nothing left RUNNING, one completed study trial per Tune trial, same p.
+    (summary,) = optuna.get_all_study_summaries(db)
+    study = optuna.load_study(study_name=summary.study_name, storage=db)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states, states
+    complete = sorted(t.params["p"] for t in study.trials if t.state.name == "COMPLETE")
+    assert complete == sorted(t.config["p"] for t in trials)
+    # ASHA's rungs hold every first report at each milestone, from before the kill too.
+    (states_file,) = sorted(run_dir.glob("callback-states-*.pkl"))[-1:]
+    callback_states = pickle.loads(states_file.read_bytes())
+    (asha,) = [
+        child
+        for state in callback_states.values()
+        if state and "children" in state
+        for child in pickle.loads(state["children"]).values()
+    ]
+    rungs = dict(asha._brackets[0]._rungs)
+    for t in trials:
+        reports = _first_reports(t.path)
+        for milestone, recorded in rungs.items():
+            if milestone in reports:
+                assert recorded[t.trial_id] == pytest.approx(reports[milestone]), (
+                    t.trial_id,
+                    milestone,
+                )
 
 
 def test_sweep_on_uri_storage_keeps_results_there(tmp_path, local_ray, monkeypatch):

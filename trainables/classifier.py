@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from trainables.cache_folder import load_or_build
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import PAPER_CAM, CamChoice, ClassifierConfig
 from trainables.data.augment import AugmentConfig, build_train_transform
@@ -230,22 +229,19 @@ def prepare_fold(
     """
     key = fold_key(data, split, cfg, cam, augment)
     path = Path(cache_root).expanduser() / f"C{split.held_out}-{key}"
-    if (path / "meta.json").exists():
-        return load_fold(path), True
-    start = time.perf_counter()
-    model, metrics = train_centre_classifier(data, split, cfg, runtime, augment)
-    labels = split.centre_labels(data.centres)
-    cams = fold_cams(model, data, split.train, runtime, cam=cam, centre_labels=labels)
-    metrics["seconds"] = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def build(folder: Path) -> None:
+        start = time.perf_counter()
+        model, metrics = train_centre_classifier(data, split, cfg, runtime, augment)
+        labels = split.centre_labels(data.centres)
+        cams = fold_cams(model, data, split.train, runtime, cam=cam, centre_labels=labels)
+        metrics["seconds"] = time.perf_counter() - start
         save_checkpoint(
-            tmp / "classifier.pt",
+            folder / "classifier.pt",
             {"model": model.cpu().state_dict(), "arch": cfg.arch, "centre_labels": labels},
         )
-        np.save(tmp / "cams.npy", cams)
-        np.save(tmp / "train_indices.npy", split.train)
+        np.save(folder / "cams.npy", cams)
+        np.save(folder / "train_indices.npy", split.train)
         meta = {
             "key": key,
             "held_out": split.held_out,
@@ -255,15 +251,10 @@ def prepare_fold(
             "cam": asdict(cam),
             "metrics": metrics,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            tmp.rename(path)
-        except OSError:  # a concurrent preparation of the same fold won; its result is equal
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return load_fold(path), False
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    # Concurrent sweeps that need this fold train it once: the other waits, then reuses it.
+    return load_or_build(path, build, load_fold, f"fold cache C{split.held_out}")
 
 
 def load_fold(path: Path) -> FoldArtifacts:

@@ -4,8 +4,9 @@ Trials never touch JPEGs: they share these arrays (through the Ray object store 
 
 Two hashes, for two jobs:
 - ``key`` — fingerprint of the manifest (paths, centres, patients, each file's size and mtime) and
-  the image size. Computing it reads no pixels, so a warm cache reloads in milliseconds, and any
-  edit to a source file changes it (the cache is then rebuilt).
+  the image size. Computing it reads no pixels, so a warm cache reloads with one checksum pass
+  over its arrays (a damaged entry is rebuilt, never used), and any edit to a source file changes
+  it (the cache is then rebuilt).
 - ``dataset_hash`` — a content hash of the decoded arrays and labels, stable when the dataset is
   copied elsewhere (new mtimes, same pixels). Fold artefacts (classifier, CAMs) are keyed by it.
 """
@@ -15,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from trainables.cache_folder import load_or_build as load_or_build_folder
 from trainables.data.decode import DecodeError, decode_record
 from trainables.data.polypgen import DatasetError, Manifest
 
@@ -122,32 +122,21 @@ def build_decoded(manifest: Manifest, image_size: int, *, workers: int = 4) -> D
     )
 
 
-def _save(data: DecodedData, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a sibling temp dir and rename: a crash mid-write never leaves a half cache.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        np.save(tmp / "images.npy", data.images)
-        np.save(tmp / "masks.npy", data.masks)
-        np.save(tmp / "centres.npy", data.centres)
-        if data.overlays is not None:
-            np.save(tmp / "overlays.npy", data.overlays)
-        meta = {
-            "format": CACHE_FORMAT,
-            "image_size": data.image_size,
-            "key": data.key,
-            "dataset_hash": data.dataset_hash,
-            "patients": data.patients,
-            "names": data.names,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same cache first: theirs is identical
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _write(data: DecodedData, folder: Path) -> None:
+    np.save(folder / "images.npy", data.images)
+    np.save(folder / "masks.npy", data.masks)
+    np.save(folder / "centres.npy", data.centres)
+    if data.overlays is not None:
+        np.save(folder / "overlays.npy", data.overlays)
+    meta = {
+        "format": CACHE_FORMAT,
+        "image_size": data.image_size,
+        "key": data.key,
+        "dataset_hash": data.dataset_hash,
+        "patients": data.patients,
+        "names": data.names,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def _load(path: Path) -> DecodedData:
@@ -170,12 +159,13 @@ def _load(path: Path) -> DecodedData:
 def load_or_build(
     manifest: Manifest, image_size: int, cache_dir: Path | str | None = None
 ) -> tuple[DecodedData, bool]:
-    """Returns the decoded dataset and whether it came from the cache."""
+    """Returns the decoded dataset and whether it came from the cache. Concurrent callers that
+    need the same entry decode it once (see :mod:`trainables.cache_folder`); a damaged entry is
+    reported and decoded again."""
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    key = manifest_key(manifest, image_size)
-    path = cache_dir / key
-    if (path / "meta.json").exists():
-        return _load(path), True
-    data = build_decoded(manifest, image_size)
-    _save(data, path)
-    return data, False
+    path = cache_dir / manifest_key(manifest, image_size)
+
+    def build(folder: Path) -> None:
+        _write(build_decoded(manifest, image_size), folder)
+
+    return load_or_build_folder(path, build, _load, "decoded cache")

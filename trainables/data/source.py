@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from trainables.cache_folder import exclusive
 from trainables.config import DataConfig, SourceConfig
 from trainables.data.cache import DecodedData, cache_root, load_or_build
 from trainables.data.layouts import scan_layout
@@ -37,13 +38,20 @@ def _ensure_synthetic(cfg: DataConfig) -> Path:
         "naming": s.naming,
     }
     marker = root / MANIFEST_NAME
-    if marker.exists():
+
+    def complete() -> bool:
+        if not marker.exists():
+            return False
         have = json.loads(marker.read_text())
-        if have.get("complete") and all(
+        return bool(have.get("complete")) and all(
             have.get(k) == (list(v) if k == "size" else v) for k, v in args.items()
-        ):
-            return root
-    generate(root, **args, overwrite=True)
+        )
+
+    if complete():
+        return root
+    with exclusive(root):  # two sweeps starting together generate it once
+        if not complete():
+            generate(root, **args, overwrite=True)
     return root
 
 
