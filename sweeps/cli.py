@@ -20,11 +20,13 @@ from sweeps.spec import SPEC_FILE
 from sweeps.stats import N_BOOT
 from trainables.data.layouts import LAYOUT_NAMES
 from trainables.data.polypgen import DatasetError
+from trainables.storage_fault import StorageFault
 
 # Exceptions that mean "the user's input is wrong"; anything else is a bug and keeps its traceback.
 # (ConfigError and the models' weight errors are ValueError / FileNotFoundError subclasses.)
 USER_ERRORS: tuple[type[Exception], ...] = (
     DatasetError,
+    StorageFault,  # the results storage filled up or turned read-only mid-sweep
     ValueError,
     FileNotFoundError,
     FileExistsError,

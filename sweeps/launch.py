@@ -42,6 +42,7 @@ from trainables.data.cache import DecodedData, cache_root
 from trainables.data.source import frame_level_centres, prepare_data
 from trainables.fold_task import prepare_fold_task
 from trainables.segmentation import train_segmentation
+from trainables.storage_fault import StorageFault, probe, resume_advice, storage_errno
 
 METRIC_MODE = "max"
 
@@ -209,6 +210,7 @@ def build_tuner(
             # Beside Tune's trial folders, which Tune clears when it restores a trial. On
             # remote storage the workers cannot reach the driver's folder: checkpoints only.
             finished_root=None if "://" in storage else str(run_dir / FINISHED_DIR),
+            run_path=f"{storage}/{run_dir.name}",
         ),
         partial(_trial_resources, spec.resources, spec.model.arch),
     )
@@ -330,7 +332,7 @@ def run_sweep(
     print(
         f"sweep {spec.name}: {f'{remote}/{name} (local files: {run_dir})' if remote else run_dir}"
     )
-    build_tuner(spec, run_dir, data_ref, folds, storage=remote, verbose=verbose).fit()
+    _fit(build_tuner(spec, run_dir, data_ref, folds, storage=remote, verbose=verbose), run_dir)
     return run_dir
 
 
@@ -352,5 +354,21 @@ def resume_sweep(run_dir: Path, *, address: str | None = None, verbose: bool = F
     # The run's own resolved spec (smoke already applied) names its weights for `weights fetch`.
     _connect(spec, address, verbose, _checks(spec, manifest, data, run_dir, str(spec_path)))
     data_ref, folds, _ = _prepare(spec, data, run_dir)
-    build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote).fit()
+    _fit(build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote), run_dir)
     return run_dir
+
+
+def _fit(tuner: tune.Tuner, run_dir: Path) -> None:
+    """Runs the tuner. When the results storage filled up or turned read-only under the sweep,
+    Tune ends with errors about files it could not read back (an empty error.pkl): those become
+    one :class:`StorageFault` that says what happened and how to continue."""
+    try:
+        tuner.fit()
+    except Exception as exc:
+        problem = None if "://" in str(run_dir) else probe(run_dir)
+        if problem is None and storage_errno(exc) is None:
+            raise
+        raise StorageFault(
+            f"results storage {run_dir} is not writable ({problem or exc}): the sweep stopped; "
+            + resume_advice(run_dir)
+        ) from exc

@@ -67,10 +67,12 @@ def read_run(run_dir: Path | str) -> list[TrialRecord]:
         info = json.loads(trial_json)
         meta = json.loads(meta_json) if isinstance(meta_json, str) else meta_json
         path = run_dir / info["relative_logdir"]
-        final = None
-        results = path / RESULTS_FILE
-        if results.exists():
-            final = json.loads(results.read_text())["metrics"]
+        try:
+            final = json.loads((path / RESULTS_FILE).read_text())["metrics"]
+        except (OSError, ValueError, KeyError):
+            # Missing, or cut short (the storage filled up while Tune copied it): the trial is
+            # not finished until a resumed run writes it again.
+            final = None
         trials.append(
             TrialRecord(
                 trial_id=info["trial_id"],

@@ -25,6 +25,7 @@ from trainables.data.source import fold_split
 from trainables.engine import Runtime
 from trainables.examples import PANELS, example_strips
 from trainables.run_files import BEST_FILE, PER_IMAGE_FILE, STATE_FILE
+from trainables.storage_fault import storage_errno, trial_fault
 from trainables.trial import InjectedFault, run_segmentation
 from trainables.wandb_runs import TrialLogger, wandb_run_id
 
@@ -41,10 +42,12 @@ def train_segmentation(
     folds: dict[int, Any],
     wandb_settings: dict[str, Any] | None = None,
     finished_root: str | None = None,
+    run_path: str = "",
 ) -> None:
     """Runs one trial: resumes from Tune's checkpoint if any, reports every epoch.
     ``finished_root``: where each finished trial's results are also kept, outside Tune's trial
-    folders (see ``run_segmentation``'s ``finished_dir``); None on remote storage."""
+    folders (see ``run_segmentation``'s ``finished_dir``); None on remote storage. ``run_path``:
+    the run folder on the results storage (local path or URI), for messages."""
     context = tune.get_context()
     resources = context.get_trial_resources().required_resources
     cfg = with_axis_values(base, axes, config)
@@ -66,10 +69,13 @@ def train_segmentation(
     try:
         resume_dir = _resume_dir(tune.get_checkpoint(), work)
 
+        reported = [0]  # the last epoch whose report reached Tune
+
         def report(metrics: dict[str, float], ckpt_dir: Path | None) -> None:
             tracker.log(metrics)
             ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
             tune.report(metrics, checkpoint=ckpt)
+            reported[0] = int(metrics.get("epoch", reported[0]))
 
         try:
             result = run_segmentation(
@@ -97,6 +103,11 @@ def train_segmentation(
             raise
         except torch.OutOfMemoryError as exc:
             raise with_packing_advice(exc, cfg, resources.get("GPU", 0)) from exc
+        except OSError as exc:
+            if storage_errno(exc) is None:
+                raise
+            # Tune's checkpoint copy (or our results) could not be written: say so in one line.
+            raise trial_fault(exc, run_path or trial_dir, reported[0]) from exc
         if tracker.run is not None and result.model is not None:
             tracker.log_final(
                 result.metrics,
