@@ -100,7 +100,7 @@ def _trials():
     return [(easy[0], 0.90), (easy[1], 0.80), (easy[2], 0.85), (hard, 0.10), (weak_easy, 0.10)]
 
 
-def test_grouped_asha_never_compares_across_groups():
+def _asha_setup():
     setup = build_search(
         axes(held_out_centre={"grid": [1, 4]}, p={"uniform": [0, 1]}),
         SearchConfig(algorithm="random", num_samples=4),
@@ -108,6 +108,11 @@ def test_grouped_asha_never_compares_across_groups():
         max_t=4,
     )
     setup.scheduler.set_search_properties("val/dice", "max")
+    return setup
+
+
+def test_grouped_asha_never_compares_across_groups():
+    setup = _asha_setup()
     decisions = _feed(setup.scheduler, _trials())
     # The hard fold's trial scores far below the easy fold's, but only competes with its own fold.
     assert decisions["b0"] == TrialScheduler.CONTINUE
@@ -121,17 +126,6 @@ def test_a_shared_asha_would_have_stopped_the_hard_fold():
     shared = ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2)
     shared.set_search_properties("val/dice", "max")
     assert _feed(shared, _trials())["b0"] == TrialScheduler.STOP
-
-
-def _asha_setup():
-    setup = build_search(
-        axes(held_out_centre={"grid": [1, 4]}, p={"uniform": [0, 1]}),
-        SearchConfig(algorithm="random", num_samples=4),
-        SchedulerConfig(name="asha", grace_period=1, reduction_factor=2),
-        max_t=4,
-    )
-    setup.scheduler.set_search_properties("val/dice", "max")
-    return setup
 
 
 def test_a_restored_grouped_asha_keeps_its_rungs_and_decides_as_the_uninterrupted_one():

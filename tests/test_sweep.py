@@ -53,7 +53,9 @@ def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(straight_run):
     again = run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
     folds = json.loads((again / "camsweep-folds.json").read_text())
     assert folds == {**folds, "trained": [], "reused": [2, 6]}
-    assert len(list((tmp_path / "results" / "folds").iterdir())) == 2
+    # Two fold entries (beside them, hidden, the lock files their builds took).
+    folds_dir = tmp_path / "results" / "folds"
+    assert len([p for p in folds_dir.iterdir() if not p.name.startswith(".")]) == 2
     trials = read_run(again)
     assert len(trials) == 4 and all(t.finished for t in trials), format_status(trials, ["arch"])
     for t in trials:
@@ -144,13 +146,13 @@ def test_a_killed_optuna_asha_sweep_resumes_exactly(tmp_path, local_ray):
 
     db = f"sqlite:///{tmp_path / 'optuna.db'}"
     raw = tiny_spec(tmp_path, name="tpe")
-    raw["train"]["epochs"] = 3
+    raw["train"]["epochs"] = 2
     raw["space"] = {
         "arch": {"grid": ["unet"]},
         "held_out_centre": {"grid": [2]},
         "p": {"uniform": [0.0, 1.0]},
     }
-    raw["search"] = {"algorithm": "optuna", "num_samples": 5, "seed": 0, "storage": db}
+    raw["search"] = {"algorithm": "optuna", "num_samples": 4, "seed": 0, "storage": db}
     raw["scheduler"] = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
@@ -158,10 +160,10 @@ def test_a_killed_optuna_asha_sweep_resumes_exactly(tmp_path, local_ray):
     _kill_driver_after_first_result(spec_path, results, "tpe-*/*/results.json")
     (run_dir,) = results.glob("tpe-*")
     done_before = {p.parent.name: p.read_text() for p in run_dir.glob("*/results.json")}
-    assert 1 <= len(done_before) < 5, done_before
+    assert 1 <= len(done_before) < 4, done_before
     resume_sweep(run_dir)
     trials = read_run(run_dir)
-    assert len(trials) == 5 and all(t.status == "TERMINATED" for t in trials), format_status(
+    assert len(trials) == 4 and all(t.status == "TERMINATED" for t in trials), format_status(
         trials, ["p"]
     )
     for name, text in done_before.items():
