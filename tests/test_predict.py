@@ -209,6 +209,14 @@ def test_a_sweeps_exported_models_reproduce_its_out_of_distribution_scores(
             member.scores["test_out/dice"], abs=1e-6
         )
 
+    # predict with the exported ensemble: one mask per frame, at each frame's own size.
+    sizes = write_frames(tmp_path / "frames")
+    args = ["predict", "--model", str(manifest.path), "--images", str(tmp_path / "frames")]
+    assert main([*args, "--out", str(tmp_path / "masks")]) == 0
+    assert "with a 2-model ensemble (C2 seed" in capsys.readouterr().out
+    for name, (w, h) in sizes.items():
+        assert Image.open(tmp_path / "masks" / f"{Path(name).stem}.png").size == (w, h)
+
     # An interrupted sweep (a copy: the run is shared): a fold without a finished trial is
     # listed as missing.
     copy = tmp_path / "copy"

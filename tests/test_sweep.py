@@ -208,3 +208,10 @@ def test_sweep_on_uri_storage_keeps_results_there(tmp_path, local_ray, monkeypat
     assert len(list(stored.glob("*/results.json"))) == 1
     (trial,) = read_run(stored)
     assert trial.finished
+    # The stored run, as synced down from a bucket, exports its model like a local one.
+    from sweeps.export import export_run
+    from trainables.model_folder import read_model_folder
+
+    export_run(stored, n_boot=200, out=tmp_path / "export")
+    model = read_model_folder(tmp_path / "export" / "models" / "unet")
+    assert [m.trial_id for m in model.members] == [trial.trial_id]
