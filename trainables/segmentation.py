@@ -8,6 +8,7 @@ so they sit in the object store once and every trial on a node reads them withou
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,7 +63,7 @@ def train_segmentation(
         if ref is None:
             raise RuntimeError(f"no fold artefacts were prepared for C{cfg.held_out_centre}")
         fold = ray.get(ref)
-    trial_dir = Path(context.get_trial_dir())
+    trial_dir = trial_files_dir(context)
     # Checkpoints are written outside the trial folder: Tune copies each reported one to storage
     # itself, and artefacts in the trial folder are synced too — twice would waste space.
     work = Path(tempfile.mkdtemp(prefix="camsweep-ckpt-"))
@@ -118,6 +119,18 @@ def train_segmentation(
     finally:
         tracker.finish()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def trial_files_dir(context) -> Path:
+    """Where a trial writes its files: Tune's working directory of the trial, which Tune makes
+    the process's working directory and persists to the trial's storage folder
+    (``SyncConfig(sync_artifacts=True)``) from whichever node runs it, reused process or not.
+    ``get_trial_dir()`` names the driver's staging folder when a process starts (a path on the
+    driver's machine: a trial on another node would write to its own disk, never synced) and
+    the working directory after Tune reuses the process for another trial."""
+    if os.environ.get("RAY_CHDIR_TO_TRIAL_DIR", "1") == "0":
+        return Path(context.get_trial_dir())
+    return Path.cwd()
 
 
 def with_packing_advice(
