@@ -391,16 +391,22 @@ def test_a_cancelled_job_resubmitted_finishes_the_sweep_without_rerunning_finish
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     space = {"arch": {"grid": ["unet"]}, "held_out_centre": {"grid": [2, 3, 6]}, "p": 0.0}
     # Two trials at a time on the node's two CPUs: the third is still to run when the first two
-    # are done.
-    script, run_dir = _sbatch_script(tmp_path, space=space, tracking={"wandb": {"mode": "offline"}})
+    # are done (3 epochs: long enough to be killed mid-trial).
+    train = {"epochs": 3, "batch_size": 8, "lr": 1e-3, "device": "cpu"}
+    script, run_dir = _sbatch_script(
+        tmp_path, space=space, train=train, tracking={"wandb": {"mode": "offline"}}
+    )
     # The first job starts Ray the way Ray's Slurm recipe does (srun ray start --head --block,
     # the driver with --address), forced on this one node; the resubmitted one, left to itself
     # on one node, uses the embedded Ray. Both paths thus run the sweep from the script.
     first = slurm.submit(script, CAMSWEEP_SLURM_RAY="cluster")
     finished = lambda: list(run_dir.glob("*/results.json"))  # noqa: E731
     slurm.wait(first, 240, until=lambda: len(finished()) >= 1)
-    slurm.run("scancel", first)
-    assert slurm.wait(first, 60) == "CANCELLED", _job_log(run_dir, first)
+    # Killed at once, every step (as a preempted or timed-out job ends): a plain scancel lets
+    # Ray's steps wind down for up to a minute, long enough to finish the sweep.
+    slurm.run("scancel", "--signal=KILL", "--full", first)
+    state = slurm.wait(first, 60)
+    assert state in ("CANCELLED", "FAILED"), (state, _job_log(run_dir, first))
     assert "Ray head on" in _job_log(run_dir, first)
     done_before = {p.parent.name: p.read_text() for p in finished()}
     assert 1 <= len(done_before) < 3, (done_before, _job_log(run_dir, first))
