@@ -27,6 +27,7 @@ from ray._private import ray_constants
 from search_spaces.build import build_search
 from sweeps.allocation import allocated_cpus, allocated_gpus, ray_temp_dir
 from sweeps.preflight import NodeChecks, preflight_checks, run_preflight
+from sweeps.snapshot_backup import SnapshotBackup, repair_snapshot
 from sweeps.spec import (
     FINISHED_DIR,
     FOLDS_FILE,
@@ -241,7 +242,11 @@ def build_tuner(
             # The trial's files (results, per-image scores, config, split) reach its storage
             # folder from whichever node ran it (see segmentation.trial_files_dir).
             sync_config=tune.SyncConfig(sync_artifacts=True),
-            callbacks=[SweepSummary(setup.grid_axes, spec.search.metric), *setup.callbacks],
+            callbacks=[
+                SweepSummary(setup.grid_axes, spec.search.metric),
+                *setup.callbacks,
+                *([] if "://" in storage else [SnapshotBackup(run_dir)]),
+            ],
             # Tune's boxed per-trial configs and results (700 of 990 lines for the demo) only
             # with --verbose; SweepSummary prints the progress line and each failure.
             verbose=1 if verbose else 0,
@@ -361,6 +366,10 @@ def resume_sweep(run_dir: Path, *, address: str | None = None, verbose: bool = F
     # The run's own resolved spec (smoke already applied) names its weights for `weights fetch`.
     _connect(spec, address, verbose, _checks(spec, manifest, data, run_dir, str(spec_path)))
     data_ref, folds, _ = _prepare(spec, data, run_dir)
+    if remote is None:
+        repaired = repair_snapshot(run_dir)
+        if repaired:
+            print(repaired, flush=True)
     _fit(build_tuner(spec, run_dir, data_ref, folds, restore=True, storage=remote), run_dir)
     return run_dir
 

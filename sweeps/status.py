@@ -37,11 +37,24 @@ class TrialRecord:
         return None if value is None else float(value)
 
 
+# camsweep's last good copy of Tune's snapshot (see sweeps.snapshot_backup).
+SNAPSHOT_BACKUP_DIR = "camsweep-snapshot"
+
+
 def _latest_state(run_dir: Path) -> dict[str, Any]:
     states = sorted(run_dir.glob("experiment_state-*.json"))
     if not states:
         raise FileNotFoundError(f"{run_dir}: no experiment state (not a started sweep?)")
-    return json.loads(states[-1].read_text())
+    try:
+        return json.loads(states[-1].read_text())
+    except ValueError:
+        # Cut short (the storage filled up while Tune rewrote it): read the last good copy.
+        backups = sorted((run_dir / SNAPSHOT_BACKUP_DIR).glob("experiment_state-*.json"))
+        if not backups:
+            raise ValueError(
+                f"{states[-1]}: cut short, and no copy in {run_dir / SNAPSHOT_BACKUP_DIR}"
+            ) from None
+        return json.loads(backups[-1].read_text())
 
 
 def _error_text(path: Path, meta: dict[str, Any]) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -126,3 +127,23 @@ def test_storage_full_mid_sweep_loses_nothing_and_resume_completes(small_disk, l
     for t in trials.values():
         history = json.loads((t.path / "results.json").read_text())["history"]
         assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_a_snapshot_cut_short_is_restored_from_the_last_good_copy(straight_run, tmp_path):
+    from sweeps.snapshot_backup import backup_snapshot, repair_snapshot
+    from sweeps.status import SNAPSHOT_BACKUP_DIR
+
+    assert (straight_run[2] / SNAPSHOT_BACKUP_DIR).is_dir()  # the sweep kept a copy as it ran
+    run = tmp_path / "run"
+    shutil.copytree(straight_run[2], run, ignore=shutil.ignore_patterns("export*"))
+    state = sorted(run.glob("experiment_state-*.json"))[-1]
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])  # what a full disk left mid-write
+    assert not backup_snapshot(run)  # a damaged snapshot never replaces the good copy
+    assert len(read_run(run)) == 4  # status reads the copy
+    note = repair_snapshot(run)
+    assert note is not None and "cut short" in note and state.name in note
+    # The copy (taken as the trials finished) is back in place, whole; the run reads again.
+    assert state.read_bytes() == (run / SNAPSHOT_BACKUP_DIR / state.name).read_bytes()
+    assert json.loads(state.read_text())["trial_data"] and len(read_run(run)) == 4
+    assert repair_snapshot(run) is None  # whole again: nothing to do

@@ -1,0 +1,109 @@
+"""A last good copy of Tune's experiment snapshot, beside it in the run folder.
+
+Tune rewrites its snapshot files (``experiment_state-*.json``, the searcher's and callbacks'
+``*.pkl``) in place on the results storage. When that storage fills up mid-write, the only
+snapshot is left cut short and neither ``camsweep resume`` nor ``status`` could read the run.
+:class:`SnapshotBackup` (a driver callback) copies the snapshot, when every file of it reads back
+whole, into ``camsweep-snapshot/`` — written aside and renamed, so a failed copy leaves the
+previous one intact — and :func:`repair_snapshot` puts it back before a resume.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ray import tune
+
+from sweeps.status import SNAPSHOT_BACKUP_DIR as BACKUP_DIR
+
+# Tune's driver-side snapshot of a run (its names, with the session's timestamp).
+SNAPSHOT_GLOBS = (
+    "experiment_state-*.json",
+    "basic-variant-state-*.json",
+    "searcher-state-*.pkl",
+    "callback-states-*.pkl",
+)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        data = path.read_bytes()
+        if path.name.startswith("experiment_state-"):
+            json.loads(data)
+        elif path.suffix == ".pkl":
+            pickle.loads(data)
+        return bool(data)
+    except Exception:  # cut short, or not ours to judge: not a good copy
+        return False
+
+
+def snapshot_files(run_dir: Path) -> list[Path]:
+    return sorted(p for pattern in SNAPSHOT_GLOBS for p in run_dir.glob(pattern))
+
+
+def backup_snapshot(run_dir: Path) -> bool:
+    """Copies the run's snapshot into ``BACKUP_DIR`` if every file reads back whole."""
+    files = snapshot_files(run_dir)
+    if not files or not all(_readable(p) for p in files):
+        return False
+    target = run_dir / BACKUP_DIR
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{BACKUP_DIR}.", dir=run_dir))
+    except OSError:
+        return False
+    try:
+        for p in files:
+            shutil.copyfile(p, tmp / p.name)
+        old = run_dir / f".{BACKUP_DIR}.old"
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        return True
+    except OSError:  # the storage is full or read-only: keep the previous copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.exists() and (run_dir / f".{BACKUP_DIR}.old").exists():
+            (run_dir / f".{BACKUP_DIR}.old").rename(target)
+        return False
+
+
+def repair_snapshot(run_dir: Path) -> str | None:
+    """Puts the last good copy back when a file of the run's snapshot is cut short; returns a
+    line saying so, or None when the snapshot is whole (or there is no copy)."""
+    damaged = [p.name for p in snapshot_files(run_dir) if not _readable(p)]
+    backup = run_dir / BACKUP_DIR
+    if not damaged or not backup.is_dir():
+        return None
+    for p in snapshot_files(run_dir):
+        p.unlink()
+    for p in backup.iterdir():
+        shutil.copyfile(p, run_dir / p.name)
+    when = time.strftime("%H:%M:%S", time.localtime(backup.stat().st_mtime))
+    return (
+        f"{run_dir}: Tune's snapshot was cut short ({', '.join(damaged)}; the storage filled up "
+        f"while it was written): restored camsweep's last good copy, from {when}"
+    )
+
+
+class SnapshotBackup(tune.Callback):
+    """Takes the copy at most every ``every_s`` seconds, as trials report and finish."""
+
+    def __init__(self, run_dir: Path, every_s: float = 10.0):
+        self.run_dir, self.every_s, self._last = Path(run_dir), every_s, 0.0
+
+    def _maybe(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            backup_snapshot(self.run_dir)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._maybe()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._maybe(force=True)
