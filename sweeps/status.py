@@ -41,12 +41,13 @@ class TrialRecord:
 SNAPSHOT_BACKUP_DIR = "camsweep-snapshot"
 
 
-def _latest_state(run_dir: Path) -> dict[str, Any]:
+def _latest_state(run_dir: Path) -> tuple[dict[str, Any], bool]:
+    """Tune's latest experiment state, and whether it is camsweep's (older) copy of it."""
     states = sorted(run_dir.glob("experiment_state-*.json"))
     if not states:
         raise FileNotFoundError(f"{run_dir}: no experiment state (not a started sweep?)")
     try:
-        return json.loads(states[-1].read_text())
+        return json.loads(states[-1].read_text()), False
     except ValueError:
         # Cut short (the storage filled up while Tune rewrote it): read the last good copy.
         backups = sorted((run_dir / SNAPSHOT_BACKUP_DIR).glob("experiment_state-*.json"))
@@ -54,7 +55,7 @@ def _latest_state(run_dir: Path) -> dict[str, Any]:
             raise ValueError(
                 f"{states[-1]}: cut short, and no copy in {run_dir / SNAPSHOT_BACKUP_DIR}"
             ) from None
-        return json.loads(backups[-1].read_text())
+        return json.loads(backups[-1].read_text()), True
 
 
 def _error_text(path: Path, meta: dict[str, Any]) -> str | None:
@@ -74,7 +75,7 @@ def last_line(traceback_text: str) -> str:
 def read_run(run_dir: Path | str) -> list[TrialRecord]:
     """All trials Tune knows of in ``run_dir``, in trial-id order."""
     run_dir = Path(run_dir).expanduser()
-    state = _latest_state(run_dir)
+    state, from_copy = _latest_state(run_dir)
     trials = []
     for trial_json, meta_json in state["trial_data"]:
         info = json.loads(trial_json)
@@ -86,10 +87,13 @@ def read_run(run_dir: Path | str) -> list[TrialRecord]:
             # Missing, or cut short (the storage filled up while Tune copied it): the trial is
             # not finished until a resumed run writes it again.
             final = None
+        status = info["status"]
+        if from_copy and final is not None:
+            status = "TERMINATED"  # its results.json is whole: it ended after the copy was taken
         trials.append(
             TrialRecord(
                 trial_id=info["trial_id"],
-                status=info["status"],
+                status=status,
                 config=info["config"],
                 path=path,
                 last_result=meta.get("last_result") or {},

@@ -111,8 +111,13 @@ def test_storage_full_mid_sweep_loses_nothing_and_resume_completes(small_disk, l
     trials = read_run(run_dir)
     finished = {t.trial_id for t in trials if t.finished}
     assert 1 <= len(finished) < 3, format_status(trials, ["seed"])
-    # Nothing written before the disk filled up was damaged.
+    # Nothing written before the disk filled up was damaged (a checkpoint may be gone only as
+    # Tune's retention prunes it: a newer one of the same trial was stored in its place).
     for path, data in before.items():
+        if not path.exists():
+            newer = [c for c in path.parent.parent.glob("checkpoint_*") if c > path.parent]
+            assert path.suffix == ".pt" and newer, path
+            continue
         assert path.read_bytes() == data, path
         if path.suffix == ".pt":
             load_checkpoint(path)

@@ -19,6 +19,7 @@ import ray
 import torch
 from ray import tune
 
+from trainables import metric_keys as K
 from trainables.checkpoint import first_loadable
 from trainables.config import TrialConfig, with_axis_values
 from trainables.data.cache import DecodedData
@@ -76,7 +77,7 @@ def train_segmentation(
             tracker.log(metrics)
             ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None
             tune.report(metrics, checkpoint=ckpt)
-            reported[0] = int(metrics.get("epoch", reported[0]))
+            reported[0] = int(metrics.get(K.EPOCH, reported[0]))
 
         try:
             result = run_segmentation(
