@@ -389,10 +389,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
     )
-    print(evaluation.markdown(), end="")
+    markdown = evaluation.markdown()
+    print(markdown, end="")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "evaluation.md").write_text(evaluation.markdown())
+        (out / "evaluation.md").write_text(markdown)
         (out / "evaluation.csv").write_text(evaluation.csv())
         (out / "per_image.csv").write_text(evaluation.per_image_csv())
         print(f"wrote evaluation.md, evaluation.csv and per_image.csv to {out}")

@@ -119,9 +119,6 @@ def export_models(
     Raises:
         ValueError: an unknown ``arm``, or members trained at different image sizes.
     """
-    from trainables.data.augment import IMAGENET_MEAN, IMAGENET_STD
-    from trainables.metrics import PROB_THRESHOLD
-
     if arm not in ARMS:
         raise ValueError(f"--model-arm {arm!r}: valid: {', '.join(ARMS)}")
     spec = run.spec
@@ -158,7 +155,7 @@ def export_models(
             arch=arch,
             selection=selection.label,
             arm=arm,
-            preprocessing=Preprocessing(sizes.pop(), IMAGENET_MEAN, IMAGENET_STD, PROB_THRESHOLD),
+            preprocessing=Preprocessing.of_training(sizes.pop()),
             members=[m for m, _ in found],
             missing=missing,
             sweep={"name": spec.name, "run_dir": str(run.run_dir.resolve())},

@@ -30,16 +30,17 @@ SNAPSHOT_GLOBS = (
 )
 
 
-def _readable(path: Path) -> bool:
+def _whole(path: Path) -> bytes | None:
+    """The file's bytes if they read back as a whole snapshot file, else None."""
     try:
         data = path.read_bytes()
         if path.name.startswith("experiment_state-"):
             json.loads(data)
         elif path.suffix == ".pkl":
             pickle.loads(data)
-        return bool(data)
     except Exception:  # cut short, or not ours to judge: not a good copy
-        return False
+        return None
+    return data or None
 
 
 def snapshot_files(run_dir: Path) -> list[Path]:
@@ -47,19 +48,20 @@ def snapshot_files(run_dir: Path) -> list[Path]:
 
 
 def backup_snapshot(run_dir: Path) -> bool:
-    """Copies the run's snapshot into ``BACKUP_DIR`` if every file reads back whole."""
-    files = snapshot_files(run_dir)
-    if not files or not all(_readable(p) for p in files):
+    """Copies the run's snapshot into ``BACKUP_DIR`` if every file reads back whole (each file
+    is read once: the bytes checked are the bytes copied)."""
+    contents = {p.name: _whole(p) for p in snapshot_files(run_dir)}
+    if not contents or None in contents.values():
         return False
     target = run_dir / BACKUP_DIR
+    old = run_dir / f".{BACKUP_DIR}.old"
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{BACKUP_DIR}.", dir=run_dir))
     except OSError:
         return False
     try:
-        for p in files:
-            shutil.copyfile(p, tmp / p.name)
-        old = run_dir / f".{BACKUP_DIR}.old"
+        for name, data in contents.items():
+            (tmp / name).write_bytes(data)
         if target.exists():
             target.rename(old)
         tmp.rename(target)
@@ -67,15 +69,15 @@ def backup_snapshot(run_dir: Path) -> bool:
         return True
     except OSError:  # the storage is full or read-only: keep the previous copy
         shutil.rmtree(tmp, ignore_errors=True)
-        if not target.exists() and (run_dir / f".{BACKUP_DIR}.old").exists():
-            (run_dir / f".{BACKUP_DIR}.old").rename(target)
+        if not target.exists() and old.exists():
+            old.rename(target)
         return False
 
 
 def repair_snapshot(run_dir: Path) -> str | None:
     """Puts the last good copy back when a file of the run's snapshot is cut short; returns a
     line saying so, or None when the snapshot is whole (or there is no copy)."""
-    damaged = [p.name for p in snapshot_files(run_dir) if not _readable(p)]
+    damaged = [p.name for p in snapshot_files(run_dir) if _whole(p) is None]
     backup = run_dir / BACKUP_DIR
     if not damaged or not backup.is_dir():
         return None

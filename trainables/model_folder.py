@@ -58,6 +58,14 @@ class Preprocessing:
     threshold: float
     resize: str = "area (cv2.INTER_AREA) to image_size x image_size; RGB (grayscale converted)"
 
+    @classmethod
+    def of_training(cls, image_size: int) -> Preprocessing:
+        """The preprocessing every trial trains with, at ``image_size``."""
+        from trainables.data.augment import IMAGENET_MEAN, IMAGENET_STD
+        from trainables.metrics import PROB_THRESHOLD
+
+        return cls(image_size, IMAGENET_MEAN, IMAGENET_STD, PROB_THRESHOLD)
+
 
 @dataclass(frozen=True)
 class Member:
@@ -242,8 +250,6 @@ def write_untrained(
     import torch
 
     from trainables.config import TrialConfig
-    from trainables.data.augment import IMAGENET_MEAN, IMAGENET_STD
-    from trainables.metrics import PROB_THRESHOLD
     from trainables.models import build_model
 
     members = []
@@ -263,7 +269,7 @@ def write_untrained(
         arch=arch,
         selection="none (untrained)",
         arm="best",
-        preprocessing=Preprocessing(image_size, IMAGENET_MEAN, IMAGENET_STD, PROB_THRESHOLD),
+        preprocessing=Preprocessing.of_training(image_size),
         members=members,
         missing=[],
         sweep={"name": "untrained"},
