@@ -107,6 +107,13 @@ def offline_run_dirs(run_dir: Path) -> list[Path]:
     return sorted((Path(run_dir) / WANDB_DIR).glob("offline-run-*"))
 
 
+def offline_run_ids(run_dir: Path) -> set[str]:
+    """The run ids of the sweep's offline W&B runs. A folder a killed process left before its
+    first write holds no run file, and so no run."""
+    files = [f for d in offline_run_dirs(run_dir) for f in d.glob("run-*.wandb")]
+    return {read_wandb_run(f)["run_id"] for f in files}
+
+
 def sync_offline_runs(run_dir: Path, *, dry_run: bool = False) -> list[Path]:
     """Uploads the sweep's offline W&B runs with ``wandb sync`` (needs WANDB_API_KEY or login)."""
     dirs = offline_run_dirs(run_dir)

@@ -84,10 +84,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
         # Identical results, timings included: the finished trial was not trained or tested again.
         assert (run_dir / name / "results.json").read_text() == text
     # No W&B run was duplicated: every offline run folder belongs to one of the trials' run ids.
-    from sweeps.tracking import offline_run_dirs, read_wandb_run
+    from sweeps.tracking import offline_run_ids
     from trainables.wandb_runs import wandb_run_id
 
-    ids = {read_wandb_run(next(d.glob("run-*.wandb")))["run_id"] for d in offline_run_dirs(run_dir)}
+    ids = offline_run_ids(run_dir)
     trial_ids = {wandb_run_id(run_dir.name, t.trial_id) for t in trials}
     assert trial_ids <= ids and len(ids - trial_ids) <= 3  # + fold runs (2) and nothing else
     # The exported table equals that of an uninterrupted sweep with the same seeds (one at a
