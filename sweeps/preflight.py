@@ -236,13 +236,17 @@ def run_preflight(checks: NodeChecks, *, timeout_s: float = PREFLIGHT_TIMEOUT_S)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    # No CPU asked, so it runs even where all CPUs are taken or none is offered; the worker exits
-    # afterwards, so no CUDA context of it stays in Ray's worker pool beside the trials.
-    task = ray.remote(num_cpus=0, max_calls=1, max_retries=0)(node_problems)
+    # No CPU asked, so it runs even where all CPUs are taken or none is offered. A worker that
+    # touches CUDA exits afterwards (max_calls 1), so no CUDA context of it stays in Ray's worker
+    # pool beside the trials; one that does not goes back to the pool, where the fold
+    # preparations reuse it instead of starting a fresh process.
+    on_cpu = ray.remote(num_cpus=0, max_retries=0)(node_problems)
+    on_gpu = ray.remote(num_cpus=0, max_retries=0, max_calls=1)(node_problems)
     pending = {}
     for node in (n for n in ray.nodes() if n.get("Alive")):
         gpus = int(node.get("Resources", {}).get("GPU", 0)) if checks.gpu else 0
         strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        task = on_gpu if gpus else on_cpu
         ref = task.options(num_gpus=gpus, scheduling_strategy=strategy).remote(checks, gpus)
         pending[ref] = node_label(node)
     done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)

@@ -9,6 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The tests share one Ray (`local_ray`). Ray keeps at most num_cpus (2) workers and ends idle ones
+# beyond that within a second, so while a sweep's two trial actors run, the workers that prepared
+# its folds are ended, and every sweep's fold preparation paid a fresh import of torch & co
+# (~5 s). A few more kept workers let the next test's fold preparations reuse them.
+os.environ.setdefault("RAY_num_workers_soft_limit", "6")
 
 from pathlib import Path  # noqa: E402
 
