@@ -88,7 +88,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     """
     from trainables.cache_folder import load_sealed
     from trainables.cam_report import cam_report, training_centre_means
-    from trainables.classifier import fold_key, load_fold
+    from trainables.classifier import fold_cache_entry, fold_key, load_fold
     from trainables.data.source import fold_split, prepare_data
     from trainables.engine import Runtime
 
@@ -101,7 +101,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     _, data = prepare_data(cfg.data)
     split = fold_split(data, cfg.data, centres[0])
     key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
-    folder = spec.fold_cache_root() / f"C{centres[0]}-{key}"
+    folder = fold_cache_entry(spec.fold_cache_root(), centres[0], key)
     try:
         fold = load_sealed(folder, load_fold, "fold cache")
     except ValueError as exc:  # gone (another machine's cache, cleaned up) or damaged

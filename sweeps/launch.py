@@ -41,7 +41,7 @@ from sweeps.tracking import SweepSummary, wandb_settings
 from sweeps.weights import trial_env
 from trainables.data.cache import DecodedData, cache_root
 from trainables.data.source import frame_level_centres, prepare_data
-from trainables.fold_task import prepare_fold_task
+from trainables.fold_task import cached_trial_fold, prepare_fold_task
 from trainables.segmentation import train_segmentation
 from trainables.storage_fault import StorageFault, probe, resume_advice, storage_errno
 
@@ -141,31 +141,34 @@ def folds_needed(spec: SweepSpec) -> list[int]:
 
 
 def prepare_folds(
-    spec: SweepSpec, data_ref, run_dir: Path
+    spec: SweepSpec, data: DecodedData, data_ref, run_dir: Path
 ) -> tuple[dict[int, Any], dict[str, Any]]:
-    """One Ray task per fold, in parallel; returns object refs of the artefacts and a summary."""
+    """Each fold's artefacts from the fold cache, or else trained by a Ray task per fold, in
+    parallel; returns object refs of the artefacts and a summary."""
     task = ray.remote(prepare_fold_task).options(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, num_returns=2
     )
     settings = wandb_settings(spec, run_dir)
     cache = str(spec.fold_cache_root())
-    pending = {
-        k: task.remote(
-            data_ref,
-            spec.trial_config({"held_out_centre": k}).to_dict(),
-            cache,
-            spec.resources.gpu,  # the task's share
-            settings,
-        )
-        for k in folds_needed(spec)
-    }
+    # A remote storage's fold cache lies on each node's own disk: only a task there can look.
+    local_cache = "://" not in spec.storage_root()
     start = time.perf_counter()
     summary: dict[str, Any] = {"trained": [], "reused": []}
-    folds = {}
+    folds, pending = {}, {}
+    for k in folds_needed(spec):
+        cfg = spec.trial_config({"held_out_centre": k}).to_dict()
+        fold = cached_trial_fold(data, cfg, cache) if local_cache else None
+        if fold is not None:  # a resumed or repeated sweep: no worker is started for it
+            folds[k] = ray.put(fold)
+            summary["reused"].append(k)
+            continue
+        pending[k] = task.remote(data_ref, cfg, cache, spec.resources.gpu, settings)
     for k, (fold_ref, reused_ref) in pending.items():
         reused = ray.get(reused_ref)
         folds[k] = fold_ref
         summary["reused" if reused else "trained"].append(k)
+    summary["trained"].sort()
+    summary["reused"].sort()
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return folds, summary
 
@@ -291,7 +294,7 @@ def _connect(spec: SweepSpec, address: str | None, verbose: bool, checks: NodeCh
 
 def _prepare(spec: SweepSpec, data: DecodedData, run_dir: Path):
     data_ref = ray.put(_in_memory(data))
-    folds, summary = prepare_folds(spec, data_ref, run_dir)
+    folds, summary = prepare_folds(spec, data, data_ref, run_dir)
     print(
         f"folds: {len(summary['trained'])} prepared {summary['trained']}, "
         f"{len(summary['reused'])} reused {summary['reused']} ({summary['seconds']} s)"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainables.cache_folder import load_or_build
+from trainables.cache_folder import load_or_build, load_sealed
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import PAPER_CAM, CamChoice, ClassifierConfig
 from trainables.data.augment import AugmentConfig, build_train_transform
@@ -228,7 +228,7 @@ def prepare_fold(
         The artefacts and whether they were reused from the cache.
     """
     key = fold_key(data, split, cfg, cam, augment)
-    path = Path(cache_root).expanduser() / f"C{split.held_out}-{key}"
+    path = fold_cache_entry(cache_root, split.held_out, key)
 
     def build(folder: Path) -> None:
         start = time.perf_counter()
@@ -255,6 +255,22 @@ def prepare_fold(
 
     # Concurrent sweeps that need this fold train it once: the other waits, then reuses it.
     return load_or_build(path, build, load_fold, f"fold cache C{split.held_out}")
+
+
+def fold_cache_entry(cache_root: Path, held_out: int, key: str) -> Path:
+    """The fold cache's folder of one fold's artefacts (``key``: its `fold_key`)."""
+    return Path(cache_root).expanduser() / f"C{held_out}-{key}"
+
+
+def cached_fold(entry: Path) -> FoldArtifacts | None:
+    """The artefacts of a whole, sealed cache entry; None when it is missing or damaged (then
+    `prepare_fold` reports and rebuilds it)."""
+    if not entry.is_dir():
+        return None
+    try:
+        return load_sealed(entry, load_fold, "fold cache")
+    except ValueError:
+        return None
 
 
 def load_fold(path: Path) -> FoldArtifacts:

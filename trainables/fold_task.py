@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from trainables.classifier import FoldArtifacts
+from trainables.classifier import FoldArtifacts, cached_fold, fold_cache_entry, fold_key
 from trainables.config import TrialConfig
 from trainables.data.cache import DecodedData
 from trainables.data.source import fold_split
@@ -41,5 +41,22 @@ def prepare_fold_task(
     fold, reused = prepare_trial_fold(cfg, data, split, Path(cache_root), runtime)
     if not reused:
         log_fold_run(wandb_settings, data, split, fold, runtime, masking=cfg.masking)
+    return _shareable(fold), reused
+
+
+def cached_trial_fold(
+    data: DecodedData, cfg_dict: dict[str, Any], cache_root: str
+) -> FoldArtifacts | None:
+    """The fold's artefacts if the cache already holds them whole, loaded where this runs (the
+    driver: no Ray task, so no fresh worker process that imports torch for a file read); None
+    otherwise, and `prepare_fold_task` trains them (or reports and rebuilds a damaged entry)."""
+    cfg = TrialConfig.model_validate(cfg_dict)
+    split = fold_split(data, cfg.data, cfg.held_out_centre)
+    key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
+    fold = cached_fold(fold_cache_entry(Path(cache_root), split.held_out, key))
+    return None if fold is None else _shareable(fold)
+
+
+def _shareable(fold: FoldArtifacts) -> FoldArtifacts:
     # Materialise the CAMs: the artefact travels through the object store to every trial.
-    return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams)), reused
+    return dataclasses.replace(fold, cams=np.ascontiguousarray(fold.cams))
