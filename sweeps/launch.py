@@ -4,7 +4,8 @@ Life of a sweep (README, *Sweeps*): validate the spec → decode the dataset onc
 (embedded local Ray, or a cluster with ``address``) → the preflight on every node
 (``sweeps/preflight.py``) → put the dataset in the object store → prepare every fold
 that needs the centre classifier, one Ray task per fold, in parallel, cached under the storage
-path → Tune → results under ``<storage>/<name>-<timestamp>/``.
+path (a cached fold is read here, without a task) → Tune → results under
+``<storage>/<name>-<timestamp>/``.
 """
 
 from __future__ import annotations

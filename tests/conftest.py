@@ -88,19 +88,36 @@ def tiny_spec(tmp_path: Path, **changes) -> dict:
     return raw
 
 
+STRAIGHT_EPOCHS = 3
+
+
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory) -> tuple[Path, dict, Path]:
-    """The tiny sweep (2 epochs) run to completion, uninterrupted: checked by the smoke test, the
-    yardstick of the interrupted one and the run the model export is tested on. Returns
-    (storage root, raw spec, run folder). Tests that export it write to their own folders."""
+    """The tiny sweep (3 epochs) run to completion, uninterrupted: checked by the smoke test, the
+    yardstick of the interrupted and the retried ones, and the run the model export is tested
+    on. Returns (storage root, raw spec, run folder). Tests that export it write to their own
+    folders."""
     from sweeps.launch import init_ray, run_sweep
     from sweeps.spec import RayConfig, load_spec
 
     init_ray(RayConfig(num_cpus=2, object_store_mb=256), address=None)  # as `local_ray`
     root = tmp_path_factory.mktemp("straight")
     raw = tiny_spec(root)
-    raw["train"]["epochs"] = 2
+    raw["train"]["epochs"] = STRAIGHT_EPOCHS
     return root, raw, run_sweep(load_spec("tiny.yaml", raw=raw, local_gpus=0))
+
+
+def reuse_straight_folds(straight_run, storage: Path) -> None:
+    """Puts the straight run's fold cache (classifiers and CAMs of tiny_spec's C2 and C6) into
+    ``storage``, as a second sweep on one storage finds them: a sweep started in a fresh process
+    then reads them instead of training them in fresh Ray workers."""
+    import shutil
+
+    shutil.copytree(
+        straight_run[0] / "results" / "folds",
+        storage / "folds",
+        ignore=shutil.ignore_patterns(".*"),  # the lock files
+    )
 
 
 _SHARED: dict[str, Path] = {}

@@ -12,7 +12,7 @@ from sweeps.launch import run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import read_run
 from sweeps.tracking import offline_run_dirs, read_wandb_run, resolve_mode
-from tests.conftest import tiny_spec
+from tests.conftest import STRAIGHT_EPOCHS, tiny_spec
 from trainables.wandb_runs import redact, wandb_run_id
 
 
@@ -80,7 +80,7 @@ def test_offline_run_file_reads_back(tmp_path):
 
 @pytest.mark.slow
 def test_retried_trials_continue_their_wandb_run_and_resume_past_a_corrupted_checkpoint(
-    tmp_path, local_ray, monkeypatch
+    tmp_path, local_ray, monkeypatch, straight_run
 ):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -88,11 +88,13 @@ def test_retried_trials_continue_their_wandb_run_and_resume_past_a_corrupted_che
         tmp_path,
         space={"arch": "unet", "held_out_centre": {"grid": [2]}, "p": {"grid": [0.0, 0.5]}},
     )
-    raw["train"].update(epochs=3, checkpoint_every=1)
-    # The uninterrupted yardstick, in storage of its own: the faulty sweep prepares (and logs)
-    # its fold itself instead of reusing this one's.
-    straight = {**raw, "storage": {"path": str(tmp_path / "straight")}}
-    clean = {t.config["p"]: t for t in read_run(run_sweep(load_spec("t.yaml", raw=straight)))}
+    raw["train"].update(epochs=STRAIGHT_EPOCHS, checkpoint_every=1)
+    # The uninterrupted yardstick: the straight run's C2 trials (same configs; checkpoints and
+    # W&B change no result). This sweep's storage is its own, so it prepares (and logs) its fold.
+    assert STRAIGHT_EPOCHS == 3
+    clean = {
+        t.config["p"]: t for t in read_run(straight_run[2]) if t.config["held_out_centre"] == 2
+    }
     # Every trial, at the start of epoch 3, truncates its stored epoch-2 checkpoint (as a crash
     # mid-copy would leave it) and crashes, once; Tune retries it from its checkpoints.
     raw["fault"] = {"raise_at_epoch": 3, "corrupt_checkpoint": True, "once": True}
