@@ -146,3 +146,32 @@ def test_a_damaged_fold_cache_is_reported_and_rebuilt_never_used(synth_decoded, 
         fold.load_classifier()  # loads
     shutil.rmtree(fold.path)
     assert not prepare()[1]  # a vanished entry is simply rebuilt
+
+
+def test_the_driver_reads_a_whole_cached_fold_and_leaves_any_other_to_the_fold_task(
+    synth_decoded, tmp_path
+):
+    from trainables.config import load_trial_config
+    from trainables.data.source import fold_split
+    from trainables.fold_task import cached_trial_fold
+    from trainables.trial import prepare_trial_fold
+
+    keys = {"classifier.arch": "resnet18", "classifier.epochs": 1, "classifier.batch_size": 8}
+    cfg = load_trial_config(None, {**keys, "held_out_centre": 6})
+
+    def cached(cfg):
+        return cached_trial_fold(synth_decoded, cfg.to_dict(), str(tmp_path))
+
+    assert cached(cfg) is None  # nothing cached yet: the fold task trains it
+    fold, _ = prepare_trial_fold(
+        cfg, synth_decoded, fold_split(synth_decoded, cfg.data, 6), tmp_path
+    )
+    found = cached(cfg)
+    assert found.path == fold.path and found.cams.flags.c_contiguous  # ready for the object store
+    np.testing.assert_array_equal(found.cams, fold.cams)
+    assert (
+        cached(load_trial_config(None, {**keys, "classifier.epochs": 2, "held_out_centre": 6}))
+        is None
+    )
+    _damage("altered", fold.path / "cams.npy")
+    assert cached(cfg) is None  # the fold task then reports and rebuilds it
