@@ -49,7 +49,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "a spec's centre classifier (default the demo's), per held-out fold on its training "
         "centres: CAM energy on the synthetic overlays vs the overlays' area share (chance; goal "
         "≥ 3×), overlay and polyp pixels masked (goal < 10 %)",
-        figure_keys=("spec", "held_out", "image_size", "classifier_epochs", "cam_layer"),
+        figure_keys=(
+            "spec",
+            "held_out",
+            "image_size",
+            "classifier_epochs",
+            "cam_layer",
+            "overrides",
+        ),
     ),
     Benchmark(
         "sweep_overhead",

@@ -52,7 +52,7 @@ def main() -> None:
         raw["data"]["cache_dir"] = str(Path(tmp) / "cache")
         spec = load_spec(args.spec, raw=raw, local_gpus=0)
         for centre in args.held_out or spec.held_out_centres():
-            _fold(spec, centre, Path(tmp) / "folds", Path(args.figures))
+            _fold(spec, centre, Path(tmp) / "folds", Path(args.figures), args.set)
 
 
 def _set(raw: dict, item: str) -> None:
@@ -62,7 +62,7 @@ def _set(raw: dict, item: str) -> None:
     set_by_path(raw, key, yaml.safe_load(value))
 
 
-def _fold(spec, centre: int, cache: Path, figures: Path) -> None:
+def _fold(spec, centre: int, cache: Path, figures: Path, overrides: list[str]) -> None:
     # The masked arm's trial config: the one that needs the fold's classifier and CAMs.
     p = max(spec.values_of("p", spec.masking.p))
     cfg = spec.trial_config({"held_out_centre": centre, "p": p})
@@ -89,6 +89,8 @@ def _fold(spec, centre: int, cache: Path, figures: Path) -> None:
         "attribution": masking.attribution,
         "threshold": masking.threshold,
     }
+    if overrides:  # a figure of another setting than the spec's: kept apart in the tables
+        extra["overrides"] = " ".join(overrides)
     for key in ("train_accuracy", "val_accuracy"):
         if key in fold.metrics:
             emit(f"cam_quality.classifier_{key}", fold.metrics[key], "fraction", **extra)

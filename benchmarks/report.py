@@ -82,7 +82,9 @@ def group_figures(rows: Sequence[dict], keys: Sequence[str]) -> dict[str, list[d
     for name, named in by_name.items():
         varying = [k for k in keys if len({_frozen(r.get(k)) for r in named}) > 1]
         for row in named:
-            qualifiers = ", ".join(f"{k}={_shown(row.get(k))}" for k in varying)
+            # A field a row lacks is its benchmark's default (e.g. no `overrides`): not shown.
+            shown = [k for k in varying if row.get(k) is not None]
+            qualifiers = ", ".join(f"{k}={_shown(row[k])}" for k in shown)
             label = f"{name} ({qualifiers})" if qualifiers else name
             groups.setdefault(label, []).append(row)
     return groups
