@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sweeps.cli import main
-from tests.conftest import tiny_spec
+from tests.conftest import KEEP_ALL_CHECKPOINTS, tiny_spec
 
 # --- the job script ---------------------------------------------------------------------------------
 
@@ -394,7 +394,11 @@ def test_a_cancelled_job_resubmitted_finishes_the_sweep_without_rerunning_finish
     # done (3 epochs each: the kill lands mid-sweep even on a faster machine).
     train = {"epochs": 3, "batch_size": 8, "lr": 1e-3, "device": "cpu"}
     script, run_dir = _sbatch_script(
-        tmp_path, space=space, train=train, tracking={"wandb": {"mode": "offline"}}
+        tmp_path,
+        space=space,
+        train=train,
+        tracking={"wandb": {"mode": "offline"}},
+        **KEEP_ALL_CHECKPOINTS,  # the open bug named there
     )
     # The first job starts Ray the way Ray's Slurm recipe does (srun ray start --head --block,
     # the driver with --address), forced on this one node; the resubmitted one, left to itself

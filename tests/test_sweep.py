@@ -19,7 +19,7 @@ import yaml
 from sweeps.launch import resume_sweep, run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import format_status, read_run
-from tests.conftest import STRAIGHT_EPOCHS, reuse_straight_folds, tiny_spec
+from tests.conftest import KEEP_ALL_CHECKPOINTS, STRAIGHT_EPOCHS, reuse_straight_folds, tiny_spec
 
 pytestmark = pytest.mark.slow
 CAMSWEEP = Path(sys.executable).parent / "camsweep"
@@ -67,7 +67,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     tmp_path, local_ray, monkeypatch, straight_run
 ):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    raw = tiny_spec(tmp_path)
+    raw = tiny_spec(tmp_path, **KEEP_ALL_CHECKPOINTS)
     raw["train"]["epochs"] = STRAIGHT_EPOCHS
     raw["tracking"] = {"wandb": {"mode": "offline"}}
     spec_path = tmp_path / "spec.yaml"

@@ -265,8 +265,6 @@ def fold_cache_entry(cache_root: Path, held_out: int, key: str) -> Path:
 def cached_fold(entry: Path) -> FoldArtifacts | None:
     """The artefacts of a whole, sealed cache entry; None when it is missing or damaged (then
     `prepare_fold` reports and rebuilds it)."""
-    if not entry.is_dir():
-        return None
     try:
         return load_sealed(entry, load_fold, "fold cache")
     except ValueError:
