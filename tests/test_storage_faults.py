@@ -57,9 +57,16 @@ def _fill(disk: Path) -> Path:
 
 
 def _stored_files(run_dir: Path) -> dict[Path, bytes]:
-    """Every checkpoint and result file of the trials, with its bytes."""
+    """Every checkpoint and result file of the trials, with its bytes. The trials keep running
+    meanwhile: a checkpoint Tune's retention prunes between listing and reading is left out."""
     files = list(run_dir.glob("*/checkpoint_*/*.pt")) + list(run_dir.glob("*/results.json"))
-    return {p: p.read_bytes() for p in files}
+    stored = {}
+    for p in files:
+        try:
+            stored[p] = p.read_bytes()
+        except FileNotFoundError:
+            continue
+    return stored
 
 
 def _mid_trial(results: Path) -> bool:
