@@ -18,7 +18,7 @@ import pytest
 from sweeps.launch import resume_sweep, run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import format_status, read_run
-from tests.conftest import tiny_spec
+from tests.conftest import KEEP_ALL_CHECKPOINTS, tiny_spec
 from trainables.checkpoint import load_checkpoint
 from trainables.storage_fault import StorageFault
 
@@ -87,6 +87,7 @@ def test_storage_full_mid_sweep_loses_nothing_and_resume_completes(small_disk, l
     raw = tiny_spec(
         small_disk,
         space={"arch": "unet", "held_out_centre": {"grid": [2]}, "seed": {"grid": [0, 1, 2]}},
+        **KEEP_ALL_CHECKPOINTS,  # the open bug named there: a full disk stops the snapshot too
     )
     raw["train"]["epochs"] = 3
     # The shared test data cache stays off the small disk; the results storage is on it.
