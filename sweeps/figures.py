@@ -88,9 +88,10 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     """
     from trainables.cache_folder import load_sealed
     from trainables.cam_report import cam_report, training_centre_means
-    from trainables.classifier import fold_cache_entry, fold_key, load_fold
+    from trainables.classifier import load_fold
     from trainables.data.source import fold_split, prepare_data
     from trainables.engine import Runtime
+    from trainables.trial import trial_fold_entry
 
     spec = load_spec(Path(run_dir) / SPEC_FILE, environment=False)
     folds = json.loads((Path(run_dir) / FOLDS_FILE).read_text())
@@ -100,8 +101,7 @@ def export_cam_figure(run_dir: Path, out: Path) -> tuple[Path | None, str]:
     cfg = spec.trial_config({"held_out_centre": centres[0]})
     _, data = prepare_data(cfg.data)
     split = fold_split(data, cfg.data, centres[0])
-    key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
-    folder = fold_cache_entry(spec.fold_cache_root(), centres[0], key)
+    folder = trial_fold_entry(cfg, data, split, spec.fold_cache_root())
     try:
         fold = load_sealed(folder, load_fold, "fold cache")
     except ValueError as exc:  # gone (another machine's cache, cleaned up) or damaged

@@ -150,20 +150,20 @@ def prepare_folds(
         num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, num_returns=2
     )
     settings = wandb_settings(spec, run_dir)
-    cache = str(spec.fold_cache_root())
+    cache = spec.fold_cache_root()
     # A remote storage's fold cache lies on each node's own disk: only a task there can look.
     local_cache = "://" not in spec.storage_root()
     start = time.perf_counter()
     summary: dict[str, Any] = {"trained": [], "reused": []}
     folds, pending = {}, {}
     for k in folds_needed(spec):
-        cfg = spec.trial_config({"held_out_centre": k}).to_dict()
+        cfg = spec.trial_config({"held_out_centre": k})
         fold = cached_trial_fold(data, cfg, cache) if local_cache else None
         if fold is not None:  # a resumed or repeated sweep: no worker is started for it
             folds[k] = ray.put(fold)
             summary["reused"].append(k)
             continue
-        pending[k] = task.remote(data_ref, cfg, cache, spec.resources.gpu, settings)
+        pending[k] = task.remote(data_ref, cfg.to_dict(), str(cache), spec.resources.gpu, settings)
     for k, (fold_ref, reused_ref) in pending.items():
         reused = ray.get(reused_ref)
         folds[k] = fold_ref

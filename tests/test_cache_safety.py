@@ -160,7 +160,7 @@ def test_the_driver_reads_a_whole_cached_fold_and_leaves_any_other_to_the_fold_t
     cfg = load_trial_config(None, {**keys, "held_out_centre": 6})
 
     def cached(cfg):
-        return cached_trial_fold(synth_decoded, cfg.to_dict(), str(tmp_path))
+        return cached_trial_fold(synth_decoded, cfg, tmp_path)
 
     assert cached(cfg) is None  # nothing cached yet: the fold task trains it
     fold, _ = prepare_trial_fold(

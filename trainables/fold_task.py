@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from trainables.classifier import FoldArtifacts, cached_fold, fold_cache_entry, fold_key
+from trainables.classifier import FoldArtifacts, cached_fold
 from trainables.config import TrialConfig
 from trainables.data.cache import DecodedData
 from trainables.data.source import fold_split
 from trainables.engine import Runtime
-from trainables.trial import prepare_trial_fold
+from trainables.trial import prepare_trial_fold, trial_fold_entry
 from trainables.wandb_runs import log_fold_run
 
 
@@ -45,15 +45,13 @@ def prepare_fold_task(
 
 
 def cached_trial_fold(
-    data: DecodedData, cfg_dict: dict[str, Any], cache_root: str
+    data: DecodedData, cfg: TrialConfig, cache_root: Path
 ) -> FoldArtifacts | None:
     """The fold's artefacts if the cache already holds them whole, loaded where this runs (the
     driver: no Ray task, so no fresh worker process that imports torch for a file read); None
     otherwise, and `prepare_fold_task` trains them (or reports and rebuilds a damaged entry)."""
-    cfg = TrialConfig.model_validate(cfg_dict)
     split = fold_split(data, cfg.data, cfg.held_out_centre)
-    key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
-    fold = cached_fold(fold_cache_entry(Path(cache_root), split.held_out, key))
+    fold = cached_fold(trial_fold_entry(cfg, data, split, cache_root))
     return None if fold is None else _shareable(fold)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from trainables import metric_keys as K
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.classifier import FoldArtifacts, prepare_fold
+from trainables.classifier import FoldArtifacts, fold_cache_entry, fold_key, prepare_fold
 from trainables.config import TrialConfig
 from trainables.data.batches import BatchSource
 from trainables.data.cache import DecodedData
@@ -418,3 +418,11 @@ def prepare_trial_fold(
         cam=cfg.masking.cam,
         augment=cfg.train.augment,
     )
+
+
+def trial_fold_entry(
+    cfg: TrialConfig, data: DecodedData, split: FoldSplit, cache_root: Path
+) -> Path:
+    """The fold cache's entry of the artefacts `prepare_trial_fold` gives this trial config."""
+    key = fold_key(data, split, cfg.classifier, cfg.masking.cam, cfg.train.augment)
+    return fold_cache_entry(cache_root, split.held_out, key)
