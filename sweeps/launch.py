@@ -27,6 +27,7 @@ from ray._private import ray_constants
 
 from search_spaces.build import build_search
 from sweeps.allocation import allocated_cpus, allocated_gpus, ray_temp_dir
+from sweeps.checkpoint_retention import CheckpointRetention
 from sweeps.preflight import NodeChecks, preflight_checks, run_preflight
 from sweeps.snapshot_backup import SnapshotBackup, repair_snapshot
 from sweeps.spec import (
@@ -242,7 +243,9 @@ def build_tuner(
             name=run_dir.name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=2),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep),
+            # camsweep deletes old checkpoints itself, never one a stored snapshot still names
+            # (Tune's own num_to_keep does: see sweeps.checkpoint_retention).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             # The trial's files (results, per-image scores, config, split) reach its storage
             # folder from whichever node ran it (see segmentation.trial_files_dir).
             sync_config=tune.SyncConfig(sync_artifacts=True),
@@ -250,6 +253,7 @@ def build_tuner(
                 SweepSummary(setup.grid_axes, spec.search.metric),
                 *setup.callbacks,
                 *([] if "://" in storage else [SnapshotBackup(run_dir)]),
+                CheckpointRetention(spec.checkpoints_to_keep),  # after the backup: reads it
             ],
             # Tune's boxed per-trial configs and results (700 of 990 lines for the demo) only
             # with --verbose; SweepSummary prints the progress line and each failure.

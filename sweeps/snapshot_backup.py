@@ -109,3 +109,6 @@ class SnapshotBackup(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._maybe(force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self._maybe(force=True)  # Tune has just written its final snapshot

@@ -144,7 +144,12 @@ class SweepSpec(TrialSections):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="at most this many trials at once; default: what fits"
     )
-    checkpoints_to_keep: int = Field(2, ge=1, description="Tune checkpoints kept per trial")
+    checkpoints_to_keep: int = Field(
+        2,
+        ge=1,
+        description="checkpoints kept per trial; an older one is deleted once no stored "
+        "snapshot of the run names it (so one more may stay until the next snapshot)",
+    )
     tracking: TrackingConfig = Field(TrackingConfig(), description="experiment tracking")
     storage: StorageConfig = Field(StorageConfig(), description="where results go")
     weights: WeightsConfig = Field(WeightsConfig(), description="pretrained weights' cache")

@@ -89,15 +89,6 @@ def tiny_spec(tmp_path: Path, **changes) -> dict:
 
 
 STRAIGHT_EPOCHS = 3
-# OPEN BUG (found in session 8, see the issue notes): Tune deletes a trial's oldest checkpoint
-# when it registers the one past `checkpoints_to_keep`, before the experiment snapshot that
-# stops naming it is written (ray 2.60 forces that snapshot one checkpoint too late). A driver
-# SIGKILLed in that window leaves a snapshot naming a deleted checkpoint, and `camsweep resume`
-# then errors that trial; a full disk that stops the snapshot does the same. The driver-kill
-# and full-disk tests stop the driver right as a trial finishes, which is that window for a
-# 3-epoch trial, so until camsweep works around it they keep every checkpoint of their trials
-# (nothing is deleted, so the stop cannot land in the window).
-KEEP_ALL_CHECKPOINTS = {"checkpoints_to_keep": 3}  # a 3-epoch trial stores at most 3
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sweeps.cli import main
-from tests.conftest import KEEP_ALL_CHECKPOINTS, tiny_spec
+from tests.conftest import tiny_spec
 
 # --- the job script ---------------------------------------------------------------------------------
 
@@ -398,7 +398,6 @@ def test_a_cancelled_job_resubmitted_finishes_the_sweep_without_rerunning_finish
         space=space,
         train=train,
         tracking={"wandb": {"mode": "offline"}},
-        **KEEP_ALL_CHECKPOINTS,  # the open bug named there
     )
     # The first job starts Ray the way Ray's Slurm recipe does (srun ray start --head --block,
     # the driver with --address), forced on this one node; the resubmitted one, left to itself

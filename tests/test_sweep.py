@@ -19,7 +19,7 @@ import yaml
 from sweeps.launch import resume_sweep, run_sweep
 from sweeps.spec import load_spec
 from sweeps.status import format_status, read_run
-from tests.conftest import KEEP_ALL_CHECKPOINTS, STRAIGHT_EPOCHS, reuse_straight_folds, tiny_spec
+from tests.conftest import STRAIGHT_EPOCHS, reuse_straight_folds, tiny_spec
 
 pytestmark = pytest.mark.slow
 CAMSWEEP = Path(sys.executable).parent / "camsweep"
@@ -40,6 +40,9 @@ def test_smoke_sweep_runs_every_trial_and_prepares_each_fold_once(straight_run):
         assert results["config"]["held_out_centre"] == t.config["held_out_centre"]
         assert results["config"]["masking"]["p"] == t.config["p"]
         assert (results["fold"] is None) == (t.config["p"] == 0.0)
+        # checkpoints_to_keep (2) of its 3, the newest: older ones went once no snapshot named them
+        kept = sorted(c.name for c in t.path.glob("checkpoint_*"))
+        assert kept == ["checkpoint_000001", "checkpoint_000002"], (t.path, kept)
     table = format_status(trials, ["held_out_centre", "p"])
     assert "4 terminated" in table
     # A second sweep over the same data and folds reuses the classifiers and CAMs; it also
@@ -67,7 +70,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     tmp_path, local_ray, monkeypatch, straight_run
 ):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    raw = tiny_spec(tmp_path, **KEEP_ALL_CHECKPOINTS)
+    started = time.time()
+    raw = tiny_spec(tmp_path)
     raw["train"]["epochs"] = STRAIGHT_EPOCHS
     raw["tracking"] = {"wandb": {"mode": "offline"}}
     spec_path = tmp_path / "spec.yaml"
@@ -84,6 +88,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(
     for name, text in done_before.items():
         # Identical results, timings included: the finished trial was not trained or tested again.
         assert (run_dir / name / "results.json").read_text() == text
+    # The killed trials' scratch checkpoint folders went with their next attempts.
+    scratch = Path(tempfile.gettempdir()).glob("camsweep-ckpt-*")
+    assert [p for p in scratch if p.stat().st_mtime >= started] == []
     # No W&B run was duplicated: every offline run folder belongs to one of the trials' run ids.
     from sweeps.tracking import offline_run_ids
     from trainables.wandb_runs import wandb_run_id

@@ -66,8 +66,12 @@ def train_segmentation(
         fold = ray.get(ref)
     trial_dir = trial_files_dir(context)
     # Checkpoints are written outside the trial folder: Tune copies each reported one to storage
-    # itself, and artefacts in the trial folder are synced too — twice would waste space.
-    work = Path(tempfile.mkdtemp(prefix="camsweep-ckpt-"))
+    # itself, and artefacts in the trial folder are synced too — twice would waste space. The
+    # folder is named by the trial, not at random: an attempt killed before its `finally` (a lost
+    # node, a killed driver) leaves it behind, and the trial's next attempt here clears it.
+    work = Path(tempfile.gettempdir()) / f"camsweep-ckpt-{context.get_trial_id()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
         resume_dir = _resume_dir(tune.get_checkpoint(), work)
 
