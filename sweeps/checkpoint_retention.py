@@ -7,7 +7,8 @@ killed, or a disk that fills up, in between leaves a run whose resume errors tha
 not recover from checkpoint as it does not exist on storage anymore"). So camsweep runs Tune with
 ``num_to_keep=None`` and :class:`CheckpointRetention` (a driver callback) deletes the older
 checkpoints itself, once neither the snapshot on storage nor camsweep's backup of it
-(``sweeps.snapshot_backup``) names them.
+(``sweeps.snapshot_backup``) names them; :class:`ProgressUpload` does the other thing the
+snapshot that ``num_to_keep`` forced did: it keeps each trial's stored progress log current.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pyarrow.fs
 from ray import tune
+from ray.air.constants import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
 from sweeps.status import SNAPSHOT_BACKUP_DIR
@@ -75,6 +77,29 @@ def spare_checkpoints(stored: list[str], latest: str, keep: int) -> list[str]:
     has not registered it yet, and a snapshot written next may name it."""
     older = sorted(name for name in stored if name < latest)
     return older[: max(0, len(older) - (keep - 1))]
+
+
+class ProgressUpload(tune.Callback):
+    """Puts a trial's progress logs (``result.json``, ``progress.csv``) on storage at each of
+    its checkpoints. Tune replaces the driver's copies with the stored ones when the trial
+    restarts from a checkpoint (a lost node, a resume); with ``num_to_keep`` it forced a sync
+    every so many checkpoints that kept them current, and without it (see the module's note)
+    the stored ones lag by up to a snapshot period: a restarted trial lost its earlier lines."""
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        fs = trial.storage.storage_filesystem
+        for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
+            local = Path(trial.local_path, name)
+            if not local.is_file():
+                continue
+            try:
+                pyarrow.fs.copy_files(
+                    local.as_posix(),
+                    f"{trial.storage.trial_fs_path}/{name}",
+                    destination_filesystem=fs,
+                )
+            except OSError as exc:  # full or read-only storage: the trial itself reports it
+                log.warning("could not store %s of %s: %s", name, trial, exc)
 
 
 class CheckpointRetention(tune.Callback):

@@ -27,7 +27,7 @@ from ray._private import ray_constants
 
 from search_spaces.build import build_search
 from sweeps.allocation import allocated_cpus, allocated_gpus, ray_temp_dir
-from sweeps.checkpoint_retention import CheckpointRetention
+from sweeps.checkpoint_retention import CheckpointRetention, ProgressUpload
 from sweeps.preflight import NodeChecks, preflight_checks, run_preflight
 from sweeps.snapshot_backup import SnapshotBackup, repair_snapshot
 from sweeps.spec import (
@@ -254,6 +254,7 @@ def build_tuner(
                 *setup.callbacks,
                 *([] if "://" in storage else [SnapshotBackup(run_dir)]),
                 CheckpointRetention(spec.checkpoints_to_keep),  # after the backup: reads it
+                ProgressUpload(),
             ],
             # Tune's boxed per-trial configs and results (700 of 990 lines for the demo) only
             # with --verbose; SweepSummary prints the progress line and each failure.

@@ -10,7 +10,7 @@ import pytest
 from ray import tune
 from ray.tune.experiment import Trial
 
-from sweeps.checkpoint_retention import CheckpointRetention, spare_checkpoints
+from sweeps.checkpoint_retention import CheckpointRetention, ProgressUpload, spare_checkpoints
 from sweeps.snapshot_backup import SnapshotBackup
 from sweeps.status import SNAPSHOT_BACKUP_DIR
 
@@ -62,13 +62,20 @@ class DanglingSnapshotWatch(tune.Callback):
     driver killed at that moment would resume from."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.dangling = run_dir, []
+        self.run_dir, self.dangling, self.stored_lag = run_dir, [], []
 
     def _look(self):
         self.dangling += [str(p) for p in _stored_names(self.run_dir).values() if not p.exists()]
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         self._look()
+        # The progress log a restarted trial gets back from storage: as long as the driver's?
+        logs = [
+            Path(folder, "result.json")
+            for folder in (trial.local_path, trial.storage.trial_fs_path)
+        ]
+        lines = [len(p.read_text().splitlines()) if p.exists() else 0 for p in logs]
+        self.stored_lag.append(lines[0] - lines[1])
 
     def on_step_end(self, iteration, trials, **info):
         self._look()
@@ -98,17 +105,23 @@ def _checkpoints(run_dir: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_retention_keeps_what_the_stored_snapshot_names_and_then_only_the_newest(
+def test_retention_keeps_what_the_stored_snapshot_names_and_the_progress_log_stays_stored(
     tmp_path, local_ray
 ):
     watch = []
 
     def callbacks(run_dir):
         watch.append(DanglingSnapshotWatch(run_dir))
-        return [SnapshotBackup(run_dir), CheckpointRetention(keep=1, every_s=0), watch[0]]
+        return [
+            SnapshotBackup(run_dir),
+            CheckpointRetention(keep=1, every_s=0),
+            ProgressUpload(),
+            watch[0],
+        ]
 
     run_dir = _fit(tmp_path, None, callbacks)
     assert watch[0].dangling == []
+    assert watch[0].stored_lag == [0] * 2 * ITERATIONS
     kept = _checkpoints(run_dir)
     assert len(kept) == 2
     # After Tune's final snapshot, each trial keeps only its newest checkpoint.

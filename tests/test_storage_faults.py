@@ -76,13 +76,7 @@ def _mid_trial(results: Path) -> bool:
     return bool(finished and running)
 
 
-def test_storage_full_mid_sweep_loses_nothing_and_resume_completes(
-    small_disk, local_ray, capsys, monkeypatch
-):
-    # Tune's progress files (result.json, which `_mid_trial` watches) reach storage with each
-    # experiment snapshot: every controller step here, not every 10 s, so the disk fills while
-    # a trial runs (these tiny trials take seconds).
-    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+def test_storage_full_mid_sweep_loses_nothing_and_resume_completes(small_disk, local_ray, capsys):
     raw = tiny_spec(
         small_disk,
         space={"arch": "unet", "held_out_centre": {"grid": [2]}, "seed": {"grid": [0, 1, 2]}},
