@@ -104,8 +104,8 @@ class ProgressUpload(tune.Callback):
 
 class CheckpointRetention(tune.Callback):
     """Keeps each trial's newest ``keep`` checkpoints (as ``num_to_keep`` would), deleting an
-    older one only when no stored snapshot names it. Runs as checkpoints arrive, then at most
-    every ``every_s`` seconds while a deletion waits for the snapshot to catch up, and once at
+    older one only when no stored snapshot names it. Looks at most every ``every_s`` seconds
+    while a trial has checkpoints to spare (each look reads the stored snapshot), and once at
     the end, after Tune's final snapshot (list it after ``SnapshotBackup``, which refreshes the
     backup there first)."""
 
@@ -115,8 +115,8 @@ class CheckpointRetention(tune.Callback):
         self._last = 0.0
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # Called before Tune registers the new checkpoint: it is pruned from a later step.
         self._waiting[trial.trial_id] = trial
-        self._prune(list(self._waiting.values()))
 
     def on_step_end(self, iteration, trials, **info):
         if self._waiting and time.monotonic() - self._last >= self.every_s:
