@@ -30,9 +30,12 @@ PROBE = textwrap.dedent(
     from tests.test_ray_exposure import listening_addresses
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    init_ray(RayConfig(object_store_mb=128), address=None)
-    ray.get(ray.remote(lambda: 1).remote())  # make sure a worker process is up and serving
+    init_ray(RayConfig(object_store_mb=128), address=None, env={"CAMSWEEP_PROBE": "set"})
+    # A worker is up and serving, with the sweep's environment; this process keeps its own.
+    worker_env = ray.get(ray.remote(lambda: os.environ.get("CAMSWEEP_PROBE")).remote())
     print(json.dumps({
+        "worker_env": worker_env,
+        "driver_env": os.environ.get("CAMSWEEP_PROBE"),
         "listening": listening_addresses(os.getpid()),
         "CPU": ray.cluster_resources().get("CPU"),
         "GPU": ray.cluster_resources().get("GPU", 0),
@@ -109,6 +112,7 @@ def _is_loopback(address: str) -> bool:
 
 @pytest.mark.slow
 def test_embedded_ray_listens_on_loopback_only_and_takes_only_its_allotment():
+    """Also: the sweep's worker environment reaches the workers, and only them."""
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
@@ -128,6 +132,7 @@ def test_embedded_ray_listens_on_loopback_only_and_takes_only_its_allotment():
         shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (seen["worker_env"], seen["driver_env"]) == ("set", None), seen
     # The CPU affinity (one core), not the machine's cores; CUDA_VISIBLE_DEVICES, not torch's.
     assert seen["CPU"] == 1 and seen["GPU"] == 0, seen
     assert seen["temp"].startswith(temp), seen  # per user and job: two users' Rays never meet
