@@ -6,8 +6,8 @@ it; until that snapshot reaches storage, the one there names a deleted checkpoin
 killed, or a disk that fills up, in between leaves a run whose resume errors that trial ("Could
 not recover from checkpoint as it does not exist on storage anymore"). So camsweep runs Tune with
 ``num_to_keep=None`` and :class:`CheckpointRetention` (a driver callback) deletes the older
-checkpoints itself, once neither the snapshot on storage nor camsweep's backup of it
-(``sweeps.snapshot_backup``) names them; :class:`ProgressUpload` does the other thing the
+checkpoints itself, once the snapshot on storage and camsweep's backup of it
+(``sweeps.snapshot_backup``) both name a newer one; :class:`ProgressUpload` does the other thing the
 snapshot that ``num_to_keep`` forced did: it keeps each trial's stored progress log current.
 """
 
@@ -71,12 +71,18 @@ def named_checkpoints(
     return named
 
 
-def spare_checkpoints(stored: list[str], latest: str, keep: int) -> list[str]:
-    """Of a trial's stored checkpoint folders, those beyond the newest ``keep``, counted down
-    from its latest registered one (``latest``). Nothing newer than ``latest`` is spare: Tune
-    has not registered it yet, and a snapshot written next may name it."""
+def deletable_checkpoints(stored: list[str], latest: str, keep: int, named: set[str]) -> list[str]:
+    """Of a trial's stored checkpoint folders, those that may be deleted now:
+    - beyond the newest ``keep``, counted down from its latest registered one (``latest``;
+      anything newer is not registered yet, and a snapshot written next may name it);
+    - and older than every one a stored snapshot names (``named``). A snapshot on its way to
+      storage (Tune uploads it in the background) names the same or a newer one, never an
+      older one; with nothing named, one may name any of them, so none may go."""
+    if not named:
+        return []
     older = sorted(name for name in stored if name < latest)
-    return older[: max(0, len(older) - (keep - 1))]
+    spare = older[: max(0, len(older) - (keep - 1))]
+    return [name for name in spare if name < min(named)]
 
 
 class ProgressUpload(tune.Callback):
@@ -87,24 +93,25 @@ class ProgressUpload(tune.Callback):
     the stored ones lag by up to a snapshot period: a restarted trial lost its earlier lines."""
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        fs = trial.storage.storage_filesystem
+        fs, folder = trial.storage.storage_filesystem, trial.storage.trial_fs_path
         for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE):
             local = Path(trial.local_path, name)
             if not local.is_file():
                 continue
+            # Written aside and renamed: Tune's background sync may be writing the same file.
+            part = f"{folder}/.{name}.camsweep-part"
             try:
-                pyarrow.fs.copy_files(
-                    local.as_posix(),
-                    f"{trial.storage.trial_fs_path}/{name}",
-                    destination_filesystem=fs,
-                )
-            except OSError as exc:  # full or read-only storage: the trial itself reports it
+                pyarrow.fs.copy_files(local.as_posix(), part, destination_filesystem=fs)
+                fs.move(part, f"{folder}/{name}")
+            except Exception as exc:  # noqa: BLE001 - never let it stop Tune registering the
+                # checkpoint (a callback error here does); full or read-only storage: the trial
+                # itself reports that
                 log.warning("could not store %s of %s: %s", name, trial, exc)
 
 
 class CheckpointRetention(tune.Callback):
     """Keeps each trial's newest ``keep`` checkpoints (as ``num_to_keep`` would), deleting an
-    older one only when no stored snapshot names it. Looks at most every ``every_s`` seconds
+    older one only when the stored snapshots name a newer one (``deletable_checkpoints``). Looks at most every ``every_s`` seconds
     while a trial has checkpoints to spare (each look reads the stored snapshot), and once at
     the end, after Tune's final snapshot (list it after ``SnapshotBackup``, which refreshes the
     backup there first)."""
@@ -151,12 +158,11 @@ class CheckpointRetention(tune.Callback):
             if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)
         ]
         latest = PurePosixPath(trial.checkpoint.path).name
-        spare = spare_checkpoints(stored, latest, self.keep)
-        for name in spare:
-            if name in named:
-                continue  # a stored snapshot still names it: next time
+        deletable = deletable_checkpoints(stored, latest, self.keep, named)
+        for name in deletable:
             try:
                 fs.delete_dir(f"{folder}/{name}")
             except OSError as exc:  # read-only or full storage: keep it, and the run going
                 log.warning("could not delete old checkpoint %s/%s: %s", folder, name, exc)
-        return not named.intersection(spare)
+        # Done when every spare one could go (with all named, none waits on a later snapshot).
+        return deletable == deletable_checkpoints(stored, latest, self.keep, {latest})

@@ -10,31 +10,39 @@ import pytest
 from ray import tune
 from ray.tune.experiment import Trial
 
-from sweeps.checkpoint_retention import CheckpointRetention, ProgressUpload, spare_checkpoints
+from sweeps.checkpoint_retention import CheckpointRetention, ProgressUpload, deletable_checkpoints
 from sweeps.snapshot_backup import SnapshotBackup
 from sweeps.status import SNAPSHOT_BACKUP_DIR
 
 ITERATIONS = 5
 
 
-def test_spare_checkpoints_counts_down_from_the_latest_registered_one():
-    stored = [f"checkpoint_00000{i}" for i in range(5)]
-    assert spare_checkpoints(stored, "checkpoint_000004", keep=2) == stored[:3]
-    assert spare_checkpoints(stored, "checkpoint_000004", keep=1) == stored[:4]
-    # 3 and 4 are on storage but not yet registered with Tune: neither is spare, nor is 2.
-    assert spare_checkpoints(stored, "checkpoint_000002", keep=1) == stored[:2]
-    assert spare_checkpoints(stored[:1], "checkpoint_000000", keep=3) == []
+def test_deletable_checkpoints_keep_the_newest_and_all_a_snapshot_may_name():
+    c = [f"checkpoint_00000{i}" for i in range(6)]
+    # All named up to date (after Tune's final snapshot): only the newest `keep` stay.
+    assert deletable_checkpoints(c[:5], c[4], keep=2, named={c[4]}) == c[:3]
+    assert deletable_checkpoints(c[:5], c[4], keep=1, named={c[4]}) == c[:4]
+    # The stored snapshot names c1 while one naming c3 is still on its way to storage: nothing
+    # from c1 on may go, though c1..c2 are beyond `keep`.
+    assert deletable_checkpoints(c, c[5], keep=2, named={c[1]}) == c[:1]
+    # The backup names an older one than Tune's snapshot: the older counts.
+    assert deletable_checkpoints(c, c[5], keep=1, named={c[4], c[2]}) == c[:2]
+    # c3..c5 are on storage but not registered with Tune (latest c2): none of them goes.
+    assert deletable_checkpoints(c, c[2], keep=1, named={c[2]}) == c[:2]
+    # A trial no stored snapshot names yet: any of its checkpoints may be named next.
+    assert deletable_checkpoints(c, c[5], keep=1, named=set()) == []
+    assert deletable_checkpoints(c[:1], c[0], keep=3, named={c[0]}) == []
 
 
 def _checkpointing_trainable(config):
     # Slow enough that Tune's snapshot after one checkpoint reaches storage before the next.
     import tempfile
 
-    for i in range(ITERATIONS):
+    for i in range(config.get("iterations", ITERATIONS)):
         with tempfile.TemporaryDirectory() as d:
             Path(d, "state.txt").write_text(str(i))
             tune.report({"step": i}, checkpoint=tune.Checkpoint.from_directory(d))
-        time.sleep(0.4)
+        time.sleep(config.get("sleep", 0.4))
 
 
 def _stored_names(run_dir: Path) -> dict[str, Path]:
@@ -81,11 +89,11 @@ class DanglingSnapshotWatch(tune.Callback):
         self._look()
 
 
-def _fit(storage: Path, num_to_keep, callbacks) -> Path:
+def _fit(storage: Path, num_to_keep, callbacks, space=None) -> Path:
     run_dir = storage / "run"
     tune.Tuner(
         _checkpointing_trainable,
-        param_space={"seed": tune.grid_search([0, 1])},
+        param_space=space or {"seed": tune.grid_search([0, 1])},
         run_config=tune.RunConfig(
             name="run",
             storage_path=str(storage),
@@ -140,3 +148,38 @@ def test_the_watch_sees_tunes_own_retention_leave_a_dangling_snapshot(tmp_path, 
 
     _fit(tmp_path, 1, callbacks)
     assert watch[0].dangling, "Tune no longer deletes a checkpoint its stored snapshot names"
+
+
+@pytest.mark.slow
+def test_retention_on_a_slow_store_waits_for_the_snapshot_on_its_way(
+    tmp_path, local_ray, monkeypatch
+):
+    """Tune uploads each snapshot in the background; on a slow store (S3, a busy NFS) the trial
+    checkpoints several times while one is on its way. The checkpoint it names must still be
+    there when it lands."""
+    from ray.train._internal import storage
+
+    upload = storage._FilesystemSyncer._sync_up_command
+
+    def slow_upload(self, local_path, uri, exclude=None):
+        fn, kwargs = upload(self, local_path, uri, exclude)
+
+        def delayed(**kw):
+            if "driver_artifacts" in local_path:  # the driver's snapshot, not a checkpoint
+                time.sleep(1.5)
+            return fn(**kw)
+
+        return delayed, kwargs
+
+    monkeypatch.setattr(storage._FilesystemSyncer, "_sync_up_command", slow_upload)
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "1")  # a snapshot every second, not every 10
+    watch = []
+
+    def callbacks(run_dir):
+        watch.append(DanglingSnapshotWatch(run_dir))
+        return [CheckpointRetention(keep=1, every_s=0), watch[0]]
+
+    run_dir = _fit(tmp_path, None, callbacks, space={"iterations": 15, "sleep": 0.2})
+    assert watch[0].dangling == []
+    (kept,) = _checkpoints(run_dir).values()
+    assert kept == ["checkpoint_000014"]  # after Tune's final snapshot: only the newest
