@@ -111,10 +111,10 @@ class ProgressUpload(tune.Callback):
 
 class CheckpointRetention(tune.Callback):
     """Keeps each trial's newest ``keep`` checkpoints (as ``num_to_keep`` would), deleting an
-    older one only when the stored snapshots name a newer one (``deletable_checkpoints``). Looks at most every ``every_s`` seconds
-    while a trial has checkpoints to spare (each look reads the stored snapshot), and once at
-    the end, after Tune's final snapshot (list it after ``SnapshotBackup``, which refreshes the
-    backup there first)."""
+    older one only when the stored snapshots name a newer one (``deletable_checkpoints``).
+    Looks at most every ``every_s`` seconds while a trial has checkpoints to spare (each look
+    reads the stored snapshot), and once at the end, after Tune's final snapshot (list it after
+    ``SnapshotBackup``, which refreshes the backup there first)."""
 
     def __init__(self, keep: int, every_s: float = 5.0):
         self.keep, self.every_s = keep, every_s
