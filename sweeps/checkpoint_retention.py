@@ -43,12 +43,13 @@ def _newest_state(fs: pyarrow.fs.FileSystem, folder: str) -> str | None:
 
 
 def named_checkpoints(
-    fs: pyarrow.fs.FileSystem, experiment_path: str
+    fs: pyarrow.fs.FileSystem, experiment_path: str, trial_ids: set[str]
 ) -> dict[str, set[str]] | None:
-    """Trial id -> the checkpoint folder names that the run's stored snapshots name as its
-    latest: Tune's newest snapshot, and camsweep's backup that a resume puts back when that one
-    is cut short. None when either cannot be read whole (Tune may be rewriting it right now):
-    then no checkpoint is safe to delete."""
+    """Trial id (of ``trial_ids``) -> the checkpoint folder names that the run's stored
+    snapshots name as its latest: Tune's newest snapshot, and camsweep's backup that a resume
+    puts back when that one is cut short. None when either cannot be read whole (Tune may be
+    rewriting it right now): then no checkpoint is safe to delete. Only those trials' metadata
+    is decoded (~0.4 ms each), not the whole sweep's."""
     named: dict[str, set[str]] = {}
     for folder in (experiment_path, f"{experiment_path}/{SNAPSHOT_BACKUP_DIR}"):
         path = _newest_state(fs, folder)
@@ -58,10 +59,12 @@ def named_checkpoints(
             with fs.open_input_stream(path) as fh:
                 state = json.loads(fh.read())
             for trial_json, meta_json in state["trial_data"]:
+                trial_id = json.loads(trial_json)["trial_id"]
+                if trial_id not in trial_ids:
+                    continue
                 manager = _TrainingRunMetadata.from_json_state(meta_json).checkpoint_manager
                 latest = manager.latest_checkpoint_result if manager else None
                 if latest is not None:
-                    trial_id = json.loads(trial_json)["trial_id"]
                     named.setdefault(trial_id, set()).add(
                         PurePosixPath(latest.checkpoint.path).name
                     )
@@ -141,7 +144,7 @@ class CheckpointRetention(tune.Callback):
             trials[0].storage.storage_filesystem,
             trials[0].storage.experiment_fs_path,
         )
-        named = named_checkpoints(fs, experiment_path)
+        named = named_checkpoints(fs, experiment_path, {t.trial_id for t in trials})
         if named is None:
             return
         for trial in trials:
