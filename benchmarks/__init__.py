@@ -42,7 +42,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "training step with no masking vs cached-CAM masking (p = 0.5) vs online GradCAM (median "
         "of paired, interleaved repeats), and the work cached masking adds, measured from its "
         "parts",
-        figure_keys=("variant", "image_size", "batch"),
+        figure_keys=("variant", "parameters_m", "image_size", "batch"),
     ),
     Benchmark(
         "cam_quality",
@@ -73,7 +73,13 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "sweep's batch size (trial-epochs per GPU-hour, peak memory per trial) → the recommended "
         "`resources.per_arch` shares; the sweep's GPU-hours. Without CUDA: each trial's "
         "GPU-memory floor, and a reduced CPU version of the rest",
-        figure_keys=("sweep", "reduced_cpu_version", "image_size", "concurrent_trials"),
+        figure_keys=(
+            "sweep",
+            "reduced_cpu_version",
+            "parameters_m",
+            "image_size",
+            "concurrent_trials",
+        ),
     ),
     Benchmark(
         "predict_throughput",

@@ -51,6 +51,13 @@ def machine() -> str:
     )
 
 
+def parameters_m(model) -> float:
+    """A model's parameter count in millions, on each of its figures: a variant's definition
+    can change (the tiny DeepLabV3+ went from 11.3 M to 0.72 M parameters), and the report keeps
+    figures of different models apart by it."""
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+
+
 def results_path() -> Path:
     """Where ``emit`` appends its rows: ``$CAMSWEEP_BENCH_RESULTS`` or the default."""
     return Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)

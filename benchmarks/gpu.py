@@ -47,7 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import emit
+from benchmarks.common import emit, parameters_m
 from search_spaces.grouping import expand_groups
 from sweeps.spec import SpecError, load_spec
 from trainables.config import load_trial_config
@@ -303,7 +303,8 @@ def main() -> None:
     per_arch = {}
     for arch in archs:
         net = sweep.net(arch, reduced=not cuda)
-        per = {**extra, "variant": net.variant, "encoder": net.encoder}
+        per = {**extra, "variant": net.variant, "encoder": net.encoder,
+               "parameters_m": parameters_m(net.build())}  # fmt: skip
         paper, _ = _rate(net, data, batch=batch, amp=False, on_device=False,
                          seconds=args.seconds, device=device)  # fmt: skip
         emit(f"gpu.{arch}.paper_setting", paper, "images/s", batch=batch,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import emit
+from benchmarks.common import emit, parameters_m
 from trainables.classifier import prepare_fold
 from trainables.config import load_trial_config
 from trainables.data.augment import build_train_transform
@@ -108,6 +108,7 @@ def main() -> None:
             extra = {
                 "arch": arch,
                 "variant": args.variant,
+                "parameters_m": parameters_m(model),
                 "image_size": args.image_size,
                 "batch": args.batch_size,
                 "repeats": args.repeats,
