@@ -13,6 +13,7 @@ snapshot that ``num_to_keep`` forced did: it keeps each trial's stored progress 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import time
@@ -23,21 +24,18 @@ from ray import tune
 from ray.air.constants import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-from sweeps.status import SNAPSHOT_BACKUP_DIR
+from sweeps.status import EXPERIMENT_STATE_GLOB, SNAPSHOT_BACKUP_DIR
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint_"  # Tune's folder names: checkpoint_000000, checkpoint_000001…
-STATE_PREFIX, STATE_SUFFIX = "experiment_state-", ".json"
 
 
 def _newest_state(fs: pyarrow.fs.FileSystem, folder: str) -> str | None:
     """Path of the newest ``experiment_state-*.json`` in ``folder`` (the one a resume reads)."""
     infos = fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
     names = sorted(
-        i.base_name
-        for i in infos
-        if i.base_name.startswith(STATE_PREFIX) and i.base_name.endswith(STATE_SUFFIX)
+        i.base_name for i in infos if fnmatch.fnmatch(i.base_name, EXPERIMENT_STATE_GLOB)
     )
     return f"{folder}/{names[-1]}" if names else None
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from sweeps.spec import SLURM_DIR, SPEC_FILE, SweepSpec
+from sweeps.status import EXPERIMENT_STATE_GLOB
 
 # What a folder may hold and still count as empty: `camsweep slurm` writes its job script and
 # Slurm writes the job's log there before the sweep starts.
@@ -39,7 +40,7 @@ def spec_differences(stored: dict[str, Any], given: dict[str, Any]) -> list[str]
 
 def _started(run_dir: Path) -> bool:
     # What Tuner.restore needs: the pickled Tuner and an experiment state.
-    return (run_dir / "tuner.pkl").exists() and any(run_dir.glob("experiment_state-*.json"))
+    return (run_dir / "tuner.pkl").exists() and any(run_dir.glob(EXPERIMENT_STATE_GLOB))
 
 
 def folder_action(

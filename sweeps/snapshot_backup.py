@@ -19,11 +19,12 @@ from pathlib import Path
 
 from ray import tune
 
+from sweeps.status import EXPERIMENT_STATE_GLOB
 from sweeps.status import SNAPSHOT_BACKUP_DIR as BACKUP_DIR
 
 # Tune's driver-side snapshot of a run (its names, with the session's timestamp).
 SNAPSHOT_GLOBS = (
-    "experiment_state-*.json",
+    EXPERIMENT_STATE_GLOB,
     "basic-variant-state-*.json",
     "searcher-state-*.pkl",
     "callback-states-*.pkl",
@@ -34,7 +35,7 @@ def _whole(path: Path) -> bytes | None:
     """The file's bytes if they read back as a whole snapshot file, else None."""
     try:
         data = path.read_bytes()
-        if path.name.startswith("experiment_state-"):
+        if path.match(EXPERIMENT_STATE_GLOB):
             json.loads(data)
         elif path.suffix == ".pkl":
             pickle.loads(data)

@@ -39,18 +39,20 @@ class TrialRecord:
 
 # camsweep's last good copy of Tune's snapshot (see sweeps.snapshot_backup).
 SNAPSHOT_BACKUP_DIR = "camsweep-snapshot"
+# Tune's experiment snapshot, one per driver session (the newest name is the one a resume reads).
+EXPERIMENT_STATE_GLOB = "experiment_state-*.json"
 
 
 def _latest_state(run_dir: Path) -> tuple[dict[str, Any], bool]:
     """Tune's latest experiment state, and whether it is camsweep's (older) copy of it."""
-    states = sorted(run_dir.glob("experiment_state-*.json"))
+    states = sorted(run_dir.glob(EXPERIMENT_STATE_GLOB))
     if not states:
         raise FileNotFoundError(f"{run_dir}: no experiment state (not a started sweep?)")
     try:
         return json.loads(states[-1].read_text()), False
     except ValueError:
         # Cut short (the storage filled up while Tune rewrote it): read the last good copy.
-        backups = sorted((run_dir / SNAPSHOT_BACKUP_DIR).glob("experiment_state-*.json"))
+        backups = sorted((run_dir / SNAPSHOT_BACKUP_DIR).glob(EXPERIMENT_STATE_GLOB))
         if not backups:
             raise ValueError(
                 f"{states[-1]}: cut short, and no copy in {run_dir / SNAPSHOT_BACKUP_DIR}"
